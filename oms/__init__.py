@@ -1,0 +1,1 @@
+"""The OMS service: domain model, HTTP API, persistence, inventory, CLI."""

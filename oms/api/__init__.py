@@ -1,0 +1,1 @@
+"""HTTP edge: Litestar controllers, auth guards and the one error mapping."""

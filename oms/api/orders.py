@@ -1,0 +1,71 @@
+"""Orders: POST a normalized order, read, list, cancel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.params import Parameter
+
+from oms.api.auth import admin_guard
+from oms.domain import NormalizedOrder, Order, OrderStatus
+from oms.errors import InvalidInput
+from oms.orders import cancel_order, list_orders, load_order
+from oms.services import Services
+
+
+class CancelIn(msgspec.Struct, kw_only=True):
+    reason: str | None = None
+
+
+class OrderPage(msgspec.Struct, kw_only=True):
+    items: list[Order]
+    next_before: str | None = None
+
+
+class OrderController(Controller):
+    path = "/orders"
+    guards = [admin_guard]
+    tags = ["orders"]
+
+    @post("", status_code=201, summary="Submit a normalized order (idempotent by channel + external_id)")
+    async def submit(self, data: NormalizedOrder, services: Services) -> Response[Order]:
+        order, created = await services.intake.submit(data, cause="api:POST /orders")
+        return Response(order, status_code=201 if created else 200)
+
+    @get("/{order_id:str}", summary="One order with its fulfilments and history")
+    async def get_order(self, order_id: str, services: Services) -> Order:
+        async with services.pool.acquire() as conn:
+            return await load_order(conn, order_id)
+
+    @get("", summary="Orders, newest first; filter by channel, external_id, status")
+    async def list(
+        self,
+        services: Services,
+        channel: str | None = None,
+        external_id: str | None = None,
+        status: str | None = None,
+        before: Annotated[str | None, Parameter(description="cursor from next_before")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    ) -> OrderPage:
+        if status is not None and status not in OrderStatus.__members__.values():
+            raise InvalidInput(f"status must be one of {', '.join(OrderStatus)}", field="status")
+        cursor = None
+        if before:
+            try:
+                at, _, oid = before.partition("|")
+                cursor = (datetime.fromisoformat(at), oid)
+            except ValueError:
+                raise InvalidInput("before is not a cursor this API returned", field="before") from None
+        async with services.pool.acquire() as conn:
+            items = await list_orders(conn, channel=channel, external_id=external_id, status=status,
+                                      before=cursor, limit=limit)
+        nxt = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(items) == limit else None
+        return OrderPage(items=items, next_before=nxt)
+
+    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel and release stock; 409 after hand-over")
+    async def cancel(self, order_id: str, services: Services, data: CancelIn | None = None) -> Order:
+        reason = data.reason if data else None
+        return await cancel_order(services.pool, services.inventory, order_id, "api:cancel", reason=reason)

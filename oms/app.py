@@ -1,0 +1,53 @@
+"""The Litestar application: routes, the error mapping, start-up and shutdown."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from oms.api.catalogue import CatalogueController
+from oms.api.errors import EXCEPTION_HANDLERS
+from oms.api.orders import OrderController
+from oms.config import Settings
+from oms.services import Services, prepared_by_parent
+
+
+@get("/healthz", summary="Liveness and readiness: PostgreSQL and Redis answer", tags=["ops"])
+async def healthz(services: Services) -> dict:
+    await services.pool.fetchval("select 1")
+    await services.redis.ping()
+    return {"status": "ok"}
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await Services.start(settings, prepare=not prepared_by_parent())
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    def provide_services(state: State) -> Services:
+        return state.services
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Litestar(
+        route_handlers=[healthz, OrderController, CatalogueController],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="OMS", version="0.1.0", path="/schema",
+                                     render_plugins=[SwaggerRenderPlugin()]),
+        debug=False,
+    )

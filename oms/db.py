@@ -1,0 +1,68 @@
+"""PostgreSQL plumbing: the pool, numbered migrations and the named queries in sql/."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import asyncpg
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+#: any constant works; it only has to be the same in every process that migrates
+_MIGRATION_LOCK = 7_314_159
+
+
+def load_queries(folder: Path = SQL_DIR / "queries") -> dict[str, str]:
+    """Every `-- name: x` block of every .sql file in `folder`, by name."""
+    queries: dict[str, str] = {}
+    for path in sorted(folder.glob("*.sql")):
+        text = path.read_text()
+        parts = _NAME.split(text)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice (second time in {path.name})")
+            queries[name] = body.strip()
+    return queries
+
+
+Q = load_queries()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb to Python values."""
+    return await asyncpg.create_pool(
+        url, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=30
+    )
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply the numbered migrations not yet applied; returns their names. Safe to run concurrently."""
+    applied: list[str] = []
+    await conn.execute("select pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "create table if not exists schema_migrations ("
+            " version integer primary key, name text not null,"
+            " applied_at timestamptz not null default now())"
+        )
+        done = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
+        for path in sorted((SQL_DIR / "migrations").glob("*.sql")):
+            version = int(path.name.split("_", 1)[0])
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "insert into schema_migrations (version, name) values ($1, $2)", version, path.name
+                )
+            applied.append(path.name)
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied

@@ -1,0 +1,332 @@
+"""Order intake: the one function every entry point (POST /orders, webhooks, channel workers) calls.
+
+    claim (channel, external id) in Redis  -> at most one request works on an order at a time
+    choose node(s) (oms.placement)         -> reserve in Redis, all lines per node or none
+    write order, lines, fulfilments, reservations, history in one PostgreSQL transaction
+    on a failed write: release the reservations, answer 503 so the caller retries
+An order no node can serve is written as `backordered` with the reason, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+
+from oms import placement
+from oms.config import Settings
+from oms.db import Q
+from oms.domain import (
+    ChannelStatus,
+    DeliveryMode,
+    Fulfillment,
+    FulfillmentLine,
+    FulfillmentStatus,
+    NormalizedOrder,
+    Order,
+    OrderLineView,
+    OrderStatus,
+)
+from oms.errors import Unavailable, UnknownReference
+from oms.ids import new_id
+from oms.inventory import Inventory
+from oms.orders import cancel_order, load_order, minutes_left, set_status
+from oms.writer import NewOrderRows, OrderWriter
+
+log = logging.getLogger("oms.intake")
+
+_CLAIM_PENDING = "pending:"
+_CLAIM_TTL_S = 60
+_CLAIM_DONE_TTL_S = 7 * 24 * 3600
+
+
+def claim_key(channel: str, external_id: str) -> str:
+    return f"claim:{{{channel}:{external_id}}}"
+
+
+class SkuCatalogue:
+    """Known SKU codes, cached per process; a miss asks PostgreSQL, so new SKUs are seen at once."""
+
+    def __init__(self, pool: asyncpg.Pool, max_age_s: float = 30.0) -> None:
+        self.pool = pool
+        self.max_age_s = max_age_s
+        self._known: set[str] = set()
+        self._loaded_at = 0.0
+
+    async def unknown(self, skus: set[str]) -> set[str]:
+        if time.monotonic() - self._loaded_at > self.max_age_s:
+            self._known = {r["sku"] for r in await self.pool.fetch("select sku from skus")}
+            self._loaded_at = time.monotonic()
+        missing = skus - self._known
+        if missing:
+            found = {r["sku"] for r in await self.pool.fetch(Q["skus_known"], list(missing))}
+            self._known |= found
+            missing -= found
+        return missing
+
+
+class Reserved(msgspec.Struct, frozen=True):
+    fulfillment_id: str
+    alloc: placement.PlanAllocation
+
+
+class IntakeService:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.inventory = Inventory(redis)
+        self.nodes = placement.NodeDirectory(pool)
+        self.skus = SkuCatalogue(pool)
+        self.writer = OrderWriter(pool, max_batch=settings.write_batch_max)
+
+    # ---- entry point -------------------------------------------------------------------
+    async def submit(self, order: NormalizedOrder, *, cause: str, strict: bool = True) -> tuple[Order, bool]:
+        """Upsert one order by (channel, external id); returns (order, created).
+
+        strict: unknown SKUs / pickup stores are a 422 (trusted internal callers); otherwise
+        (channel pushes) the line is backordered with the reason and the rest goes on.
+        """
+        key = claim_key(order.channel, order.external_id)
+        token = _CLAIM_PENDING + new_id("")
+        if not await self.redis.set(key, token, nx=True, ex=_CLAIM_TTL_S):
+            return await self._existing(order, key, cause), False
+        try:
+            view, created = await asyncio.shield(self._create(order, cause, strict))
+        except BaseException:
+            await self._drop_claim(key, token)
+            raise
+        await self.redis.set(key, view.id, ex=_CLAIM_DONE_TTL_S)
+        if not created:
+            view = await self.apply_update(view.id, order, cause)
+        return view, created
+
+    async def _drop_claim(self, key: str, token: str) -> None:
+        try:
+            if (await self.redis.get(key)) == token.encode():
+                await self.redis.delete(key)
+        except aioredis.RedisError:  # the claim expires on its own
+            pass
+
+    async def _existing(self, order: NormalizedOrder, key: str, cause: str) -> Order:
+        """Another request holds or held this order: wait for its id, then apply our update."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            val = await self.redis.get(key)
+            if val is None:
+                oid = await self.pool.fetchval(Q["order_id_by_external"], order.channel, order.external_id)
+                if oid is None:  # the other attempt failed and let go: try ourselves
+                    view, _ = await self.submit(order, cause=cause)
+                    return view
+                return await self.apply_update(oid, order, cause)
+            text = val.decode()
+            if not text.startswith(_CLAIM_PENDING):
+                return await self.apply_update(text, order, cause)
+            await asyncio.sleep(0.02)
+        raise Unavailable("the same order is still being processed by another request; retry")
+
+    # ---- a status update for an order we already have ------------------------------------
+    async def apply_update(self, order_id: str, order: NormalizedOrder, cause: str) -> Order:
+        """Apply a newer channel status; an older or equal one changes nothing."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(Q["order_by_id"], order_id)
+            if row is None:
+                raise Unavailable("order vanished while being updated; retry")
+            current = ChannelStatus(row["channel_status"])
+            newer = order.status.rank > current.rank
+            if newer and order.updated_at and row["channel_updated_at"] and order.updated_at < row["channel_updated_at"]:
+                newer = False
+            if not newer:
+                return await load_order(conn, order_id)
+            async with conn.transaction():
+                await conn.execute(Q["order_set_channel_status"], order_id, str(order.status), order.updated_at)
+        if order.status is ChannelStatus.CANCELLED:
+            return await cancel_order(self.pool, self.inventory, order_id, cause, reason=f"cancelled by {order.channel}")
+        if order.status is ChannelStatus.PAID and row["status"] == OrderStatus.CREATED:
+            return await self.allocate_existing(order_id, cause)
+        async with self.pool.acquire() as conn:
+            return await load_order(conn, order_id)
+
+    async def allocate_existing(self, order_id: str, cause: str) -> Order:
+        """Route and reserve an order already stored without stock (created, backordered)."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(Q["order_by_id"], order_id)
+            lines = [l for l in await conn.fetch(Q["order_lines_by_order"], order_id) if l["status"] == "open"]
+        need = [placement.PlanLine(l["sku"], l["quantity"]) for l in lines]
+        reserved, plan = await self._place(row["delivery_mode"], row["dest_lat"], row["dest_lng"], row["pickup_node_id"], need)
+        new_status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                locked = await conn.fetchrow(Q["order_by_id_for_update"], order_id)
+                if locked["status"] not in (OrderStatus.CREATED, OrderStatus.BACKORDERED):
+                    raise _Stale()
+                await set_status(conn, order_id, locked["status"], new_status, cause,
+                                 reason=None if reserved else plan.reason, detail={"plan": plan.reason})
+                f_rows, r_rows = _fulfillment_rows(order_id, reserved, row["delivery_mode"])
+                if f_rows:
+                    await conn.execute(Q["fulfillments_insert_many"], *[list(c) for c in zip(*f_rows)])
+                    await conn.execute(Q["reservations_insert_many"], *[list(c) for c in zip(*r_rows)])
+        except BaseException as exc:
+            await self._release_all(reserved)
+            if isinstance(exc, _Stale):
+                async with self.pool.acquire() as conn:
+                    return await load_order(conn, order_id)
+            raise
+        async with self.pool.acquire() as conn:
+            return await load_order(conn, order_id)
+
+    # ---- a new order -----------------------------------------------------------------------
+    async def _create(self, order: NormalizedOrder, cause: str, strict: bool) -> tuple[Order, bool]:
+        now = datetime.now(timezone.utc)
+        order_id = new_id("o")
+        line_status = ["open"] * len(order.lines)
+        line_reason: list[str | None] = [None] * len(order.lines)
+
+        unknown = await self.skus.unknown({l.sku for l in order.lines})
+        if unknown and strict:
+            idx = next(i for i, l in enumerate(order.lines) if l.sku in unknown)
+            raise UnknownReference(f"unknown SKU '{order.lines[idx].sku}'", field=f"lines[{idx}].sku")
+        for i, l in enumerate(order.lines):
+            if l.sku in unknown:
+                line_status[i], line_reason[i] = "backordered", f"unknown SKU '{l.sku}'"
+        await self.nodes.refresh()
+        pickup_problem = None
+        if order.delivery_mode is DeliveryMode.PICKUP:
+            node = self.nodes.nodes.get(order.pickup_node_id or "")
+            if node is None or "pickup" not in node.capabilities:
+                pickup_problem = f"pickup store '{order.pickup_node_id}' is unknown or does not offer pickup"
+                if strict:
+                    raise UnknownReference(pickup_problem, field="pickup_node_id")
+
+        paid_at = order.paid_at or (now if order.status is ChannelStatus.PAID else None)
+        promised_by = order.promised_by
+        if promised_by is None and paid_at and order.delivery_mode is DeliveryMode.DELIVERY:
+            promised_by = paid_at + timedelta(minutes=self.settings.delivery_promise_minutes)
+
+        reserved: list[Reserved] = []
+        reason: str | None = None
+        plan_reason: str | None = None
+        if order.status in (ChannelStatus.UNPAID, ChannelStatus.CANCELLED):
+            status = OrderStatus.CREATED if order.status is ChannelStatus.UNPAID else OrderStatus.CANCELLED
+        else:
+            need = [placement.PlanLine(l.sku, l.quantity) for i, l in enumerate(order.lines) if line_status[i] == "open"]
+            if pickup_problem:
+                plan_reason = pickup_problem
+            elif need:
+                reserved, plan = await self._place(
+                    str(order.delivery_mode), order.destination.lat, order.destination.lng, order.pickup_node_id, need
+                )
+                plan_reason = plan.reason
+                served = {(l.sku) for r in reserved for l in r.alloc.lines}
+                for i, l in enumerate(order.lines):
+                    if line_status[i] == "open" and l.sku not in served:
+                        line_status[i], line_reason[i] = "backordered", plan.reason
+            else:
+                plan_reason = "; ".join(r for r in line_reason if r)
+            status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
+            if status is OrderStatus.BACKORDERED:
+                reason = plan_reason
+            elif "backordered" in line_status:
+                reason = "partly backordered: " + "; ".join(sorted({r for r in line_reason if r}))
+
+        total = order.total_fen if order.total_fen is not None else order.lines_total_fen + order.freight_fen - order.discount_fen
+        rows = NewOrderRows(
+            order=(
+                order_id, str(order.channel), order.external_id, str(status), str(order.status),
+                str(order.delivery_mode), msgspec.to_builtins(order.buyer), order.destination.lat,
+                order.destination.lng, order.destination.address, order.destination.approximate,
+                order.pickup_node_id, promised_by, paid_at, max(total, 0), order.freight_fen,
+                order.discount_fen, reason, order.updated_at,
+            ),
+            lines=[
+                (order_id, i + 1, l.sku, l.quantity, l.unit_price, l.platform_line_id, l.platform_sku_id,
+                 line_status[i], line_reason[i])
+                for i, l in enumerate(order.lines)
+            ],
+            history=[(order_id, None, str(status), cause, {"plan": plan_reason} if plan_reason else None)],
+        )
+        rows.fulfillments, rows.reservations = _fulfillment_rows(order_id, reserved, str(order.delivery_mode))
+        try:
+            created = await self.writer.write(rows)
+        except Exception as exc:
+            await self._release_all(reserved)
+            log.error("order write failed for %s/%s: %s", order.channel, order.external_id, exc)
+            raise Unavailable("the order could not be stored; nothing was kept, retry") from exc
+        if not created:  # it existed already (claim lost with a Redis flush): keep the stored one
+            await self._release_all(reserved)
+            oid = await self.pool.fetchval(Q["order_id_by_external"], order.channel, order.external_id)
+            async with self.pool.acquire() as conn:
+                return await load_order(conn, oid), False
+        return Order(
+            id=order_id, channel=str(order.channel), external_id=order.external_id, status=status,
+            channel_status=str(order.status), delivery_mode=order.delivery_mode,
+            destination=order.destination,
+            lines=[OrderLineView(sku=l.sku, quantity=l.quantity, unit_price=l.unit_price,
+                                 status=line_status[i], reason=line_reason[i]) for i, l in enumerate(order.lines)],
+            fulfillments=[
+                Fulfillment(id=r.fulfillment_id, node_id=r.alloc.node_id, status=FulfillmentStatus.ALLOCATED,
+                            lines=[FulfillmentLine(l.sku, l.quantity) for l in r.alloc.lines],
+                            role=r.alloc.role, distance_m=r.alloc.distance_m)
+                for r in reserved
+            ],
+            reason=reason, pickup_node_id=order.pickup_node_id, total_fen=max(total, 0), paid_at=paid_at,
+            promised_by=promised_by, minutes_left=minutes_left(promised_by, str(status), now),
+            created_at=now, updated_at=now,
+        ), True
+
+    # ---- choose and reserve ----------------------------------------------------------------
+    async def _place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
+                     need: list[placement.PlanLine], exclude: frozenset[str] = frozenset()
+                     ) -> tuple[list[Reserved], placement.Placement]:
+        """Choose nodes and reserve there; a lost race re-routes without that node, a bounded number of times."""
+        await self.nodes.refresh()
+        skus = sorted({l.sku for l in need})
+        lost: list[str] = []
+        for _ in range(self.settings.reroute_attempts + 1):
+            cands = self.nodes.candidates(mode, lat, lng, pickup_node_id, exclude)
+            stock = await self.inventory.available([c for c, _ in cands], skus)
+            plan = placement.choose(cands, need, stock)
+            if not plan.allocations:
+                if lost:
+                    plan = placement.Placement((), plan.unserved, f"{plan.reason} (stock moved at {', '.join(lost)} meanwhile)", plan.strategy)
+                return [], plan
+            reserved: list[Reserved] = []
+            for alloc in plan.allocations:
+                fid = new_id("f")
+                res = await self.inventory.reserve(alloc.node_id, fid, [(l.sku, l.quantity) for l in alloc.lines])
+                if not res.ok:
+                    await self._release_all(reserved)
+                    reserved = []
+                    lost.append(alloc.node_id)
+                    exclude = exclude | {alloc.node_id}
+                    break
+                reserved.append(Reserved(fid, alloc))
+            if reserved:
+                return reserved, plan
+        return [], placement.Placement((), tuple(need), f"stock moved at {', '.join(lost)} while routing; gave up after {len(lost)} tries", "none")
+
+    async def _release_all(self, reserved: list[Reserved]) -> None:
+        for r in reserved:
+            try:
+                await self.inventory.release(r.alloc.node_id, r.fulfillment_id)
+            except aioredis.RedisError:
+                log.exception("could not release reservation %s at %s; rebuild-inventory will", r.fulfillment_id, r.alloc.node_id)
+
+
+class _Stale(Exception):
+    """The order moved on while we routed it."""
+
+
+def _fulfillment_rows(order_id: str, reserved: list[Reserved], mode: str) -> tuple[list[tuple], list[tuple]]:
+    f_rows, r_rows = [], []
+    for r in reserved:
+        f_rows.append((r.fulfillment_id, order_id, r.alloc.node_id, str(FulfillmentStatus.ALLOCATED),
+                       r.alloc.role, r.alloc.distance_m, None))
+        for l in r.alloc.lines:
+            r_rows.append((r.fulfillment_id, l.sku, order_id, r.alloc.node_id, l.quantity))
+    return f_rows, r_rows

@@ -1,0 +1,137 @@
+"""Reading orders back, and the status changes that happen after intake (cancel)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import asyncpg
+
+from oms.db import Q
+from oms.domain import (
+    OPEN_FULFILLMENT,
+    Destination,
+    Fulfillment,
+    FulfillmentLine,
+    FulfillmentStatus,
+    HistoryEntry,
+    Order,
+    OrderLineView,
+    OrderStatus,
+    check_transition,
+)
+from oms.errors import NotFound
+from oms.inventory import Inventory
+
+
+def minutes_left(promised_by: datetime | None, status: str, now: datetime | None = None) -> float | None:
+    """Minutes until the promise, while the order is still in our hands."""
+    if promised_by is None or status in ("shipped", "collected", "delivered", "cancelled"):
+        return None
+    now = now or datetime.now(timezone.utc)
+    return round((promised_by - now).total_seconds() / 60, 1)
+
+
+def order_from_rows(row, lines, fulfillments, reservations, history=None, *, with_codes: bool = True) -> Order:
+    by_f: dict[str, list[FulfillmentLine]] = {}
+    for r in reservations:
+        by_f.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
+    return Order(
+        id=row["id"],
+        channel=row["channel"],
+        external_id=row["external_id"],
+        status=OrderStatus(row["status"]),
+        channel_status=row["channel_status"],
+        delivery_mode=row["delivery_mode"],
+        destination=Destination(
+            lat=row["dest_lat"], lng=row["dest_lng"], address=row["dest_address"],
+            approximate=row["dest_approximate"],
+        ),
+        lines=[
+            OrderLineView(sku=l["sku"], quantity=l["quantity"], unit_price=l["unit_price_fen"],
+                          status=l["status"], reason=l["reason"])
+            for l in lines
+        ],
+        fulfillments=[
+            Fulfillment(
+                id=f["id"], node_id=f["node_id"], status=FulfillmentStatus(f["status"]),
+                lines=sorted(by_f.get(f["id"], []), key=lambda x: x.sku), role=f["role"],
+                distance_m=f["distance_m"], pickup_code=f["pickup_code"] if with_codes else None,
+                ready_by=f["ready_by"],
+            )
+            for f in fulfillments
+        ],
+        reason=row["reason"],
+        pickup_node_id=row["pickup_node_id"],
+        total_fen=row["total_fen"],
+        paid_at=row["paid_at"],
+        promised_by=row["promised_by"],
+        minutes_left=minutes_left(row["promised_by"], row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        history=None if history is None else [
+            HistoryEntry(at=h["at"], from_status=h["from_status"], to_status=h["to_status"],
+                         cause=h["cause"], detail=h["detail"])
+            for h in history
+        ],
+    )
+
+
+async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool = True) -> Order:
+    row = await conn.fetchrow(Q["order_by_id"], order_id)
+    if row is None:
+        raise NotFound(f"no order with id '{order_id}'", field="id")
+    return order_from_rows(
+        row,
+        await conn.fetch(Q["order_lines_by_order"], order_id),
+        await conn.fetch(Q["fulfillments_by_order"], order_id),
+        await conn.fetch(Q["reservations_by_order"], order_id),
+        await conn.fetch(Q["history_by_order"], order_id) if history else None,
+    )
+
+
+async def list_orders(conn: asyncpg.Connection, *, channel: str | None, external_id: str | None,
+                      status: str | None, before: tuple[datetime, str] | None, limit: int) -> list[Order]:
+    rows = await conn.fetch(Q["orders_list"], channel, external_id, status,
+                            before[0] if before else None, before[1] if before else None, limit)
+    out = []
+    for row in rows:
+        oid = row["id"]
+        out.append(order_from_rows(
+            row,
+            await conn.fetch(Q["order_lines_by_order"], oid),
+            await conn.fetch(Q["fulfillments_by_order"], oid),
+            await conn.fetch(Q["reservations_by_order"], oid),
+        ))
+    return out
+
+
+async def set_status(conn: asyncpg.Connection, order_id: str, current: str, new: OrderStatus, cause: str,
+                     *, reason: str | None = None, detail: dict | None = None) -> None:
+    """The one writer of orders.status: checks the transition table and records the history."""
+    check_transition(current, new)
+    await conn.execute(Q["order_set_status"], order_id, str(new), reason)
+    await conn.execute(Q["history_insert"], order_id, current, str(new), cause, detail)
+
+
+async def cancel_order(pool: asyncpg.Pool, inventory: Inventory, order_id: str, cause: str,
+                       reason: str | None = None) -> Order:
+    """Cancel an order and release its stock; cancelling twice changes nothing; after hand-over: 409."""
+    released: list[tuple[str, str]] = []
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            row = await conn.fetchrow(Q["order_by_id_for_update"], order_id)
+            if row is None:
+                raise NotFound(f"no order with id '{order_id}'", field="id")
+            if row["status"] != OrderStatus.CANCELLED:
+                await set_status(conn, order_id, row["status"], OrderStatus.CANCELLED, cause,
+                                 reason=reason or "cancelled")
+                for f in await conn.fetch(Q["fulfillments_by_order"], order_id):
+                    if f["status"] in OPEN_FULFILLMENT:
+                        await conn.execute(Q["fulfillment_set_status"], f["id"], FulfillmentStatus.CANCELLED)
+                        if await conn.fetch(Q["reservations_set_state"], f["id"], "released"):
+                            released.append((f["node_id"], f["id"]))
+        # PostgreSQL first: should Redis fail now, it holds too much back (never oversells)
+        # until the next rebuild.
+        for node_id, fid in released:
+            await inventory.release(node_id, fid)
+        return await load_order(conn, order_id)

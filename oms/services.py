@@ -1,0 +1,53 @@
+"""Wiring: the servers, pools and services one process uses, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from oms import db, embedded, inventory
+from oms.config import Settings
+from oms.intake import IntakeService
+
+log = logging.getLogger("oms")
+
+
+class Services:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.intake = IntakeService(settings, pool, redis)
+        self.inventory = self.intake.inventory
+
+    @classmethod
+    async def start(cls, settings: Settings, *, prepare: bool = True) -> "Services":
+        """Connect (starting embedded servers when no URL is set); with `prepare`, migrate and
+        rebuild Redis when it is empty or out of step with PostgreSQL."""
+        db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
+        pool = await db.create_pool(db_url, settings.pg_pool_size)
+        redis = aioredis.Redis.from_url(redis_url, max_connections=256)
+        svc = cls(settings, pool, redis)
+        if prepare:
+            await svc.prepare()
+        return svc
+
+    async def prepare(self) -> None:
+        async with self.pool.acquire() as conn:
+            applied = await db.migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+            if await inventory.ensure_in_step(conn, self.redis):
+                log.warning("Redis availability was empty or out of step with PostgreSQL: rebuilt")
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.redis.aclose()
+
+
+def prepared_by_parent() -> bool:
+    """`oms serve` migrates and checks inventory once before starting workers; they skip it."""
+    return os.environ.get("OMS_PREPARED") == "1"

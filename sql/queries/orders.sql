@@ -1,0 +1,94 @@
+-- name: orders_insert_many
+-- Batch insert of new orders (one row per array element); an order that already exists for
+-- (channel, external_id) is skipped, and only the inserted ids come back.
+insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
+                    dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
+                    promised_by, paid_at, total_fen, freight_fen, discount_fen, reason,
+                    channel_updated_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::jsonb[], $8::float8[], $9::float8[], $10::text[], $11::bool[],
+                     $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[],
+                     $16::bigint[], $17::bigint[], $18::text[], $19::timestamptz[])
+on conflict (channel, external_id) do nothing
+returning id;
+
+-- name: order_lines_insert_many
+insert into order_lines (order_id, line_no, sku, quantity, unit_price_fen, platform_line_id,
+                         platform_sku_id, status, reason)
+select * from unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[],
+                     $7::text[], $8::text[], $9::text[]);
+
+-- name: fulfillments_insert_many
+insert into fulfillments (id, order_id, node_id, status, role, distance_m, ready_by)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
+                     $7::timestamptz[]);
+
+-- name: reservations_insert_many
+insert into reservations (fulfillment_id, sku, order_id, node_id, quantity, state)
+select f, s, o, n, q, 'reserved'
+  from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[]) as t(f, s, o, n, q);
+
+-- name: history_insert_many
+insert into order_history (order_id, from_status, to_status, cause, detail)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]);
+
+-- name: history_insert
+insert into order_history (order_id, from_status, to_status, cause, detail)
+values ($1, $2, $3, $4, $5);
+
+-- name: order_by_id
+select * from orders where id = $1;
+
+-- name: order_by_id_for_update
+-- Locks the order row: every status change of one order is serialized here.
+select * from orders where id = $1 for update;
+
+-- name: order_by_external
+select * from orders where channel = $1 and external_id = $2;
+
+-- name: order_id_by_external
+select id from orders where channel = $1 and external_id = $2;
+
+-- name: order_set_status
+update orders set status = $2, reason = coalesce($3, reason), updated_at = now() where id = $1;
+
+-- name: order_set_channel_status
+update orders set channel_status = $2, channel_updated_at = coalesce($3, channel_updated_at),
+                  updated_at = now()
+ where id = $1;
+
+-- name: order_lines_by_order
+select line_no, sku, quantity, unit_price_fen, platform_line_id, platform_sku_id, status, reason
+  from order_lines where order_id = $1 order by line_no;
+
+-- name: order_line_set_status
+update order_lines set status = $3, reason = $4 where order_id = $1 and line_no = $2;
+
+-- name: fulfillments_by_order
+select id, node_id, status, role, distance_m, pickup_code, ready_by
+  from fulfillments where order_id = $1 order by created_at, id;
+
+-- name: reservations_by_order
+select fulfillment_id, sku, node_id, quantity, state from reservations where order_id = $1;
+
+-- name: reservations_set_state
+-- Close the open reservations of one fulfilment (released or committed).
+update reservations set state = $2, updated_at = now()
+ where fulfillment_id = $1 and state = 'reserved'
+returning sku, quantity, node_id;
+
+-- name: fulfillment_set_status
+update fulfillments set status = $2, updated_at = now() where id = $1;
+
+-- name: history_by_order
+select at, from_status, to_status, cause, detail from order_history where order_id = $1 order by id;
+
+-- name: orders_list
+-- Filters are optional (null = any); newest first; keyset pagination on (created_at, id).
+select * from orders
+ where ($1::text is null or channel = $1)
+   and ($2::text is null or external_id = $2)
+   and ($3::text is null or status = $3)
+   and ($4::timestamptz is null or (created_at, id) < ($4, $5))
+ order by created_at desc, id desc
+ limit $6;
