@@ -158,7 +158,7 @@ class IntakeService:
             row = await conn.fetchrow(Q["order_by_id"], order_id)
             lines = [l for l in await conn.fetch(Q["order_lines_by_order"], order_id) if l["status"] == "open"]
         need = [placement.PlanLine(l["sku"], l["quantity"]) for l in lines]
-        reserved, plan = await self._place(row["delivery_mode"], row["dest_lat"], row["dest_lng"], row["pickup_node_id"], need)
+        reserved, plan = await self.place(row["delivery_mode"], row["dest_lat"], row["dest_lng"], row["pickup_node_id"], need)
         new_status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -218,7 +218,7 @@ class IntakeService:
             if pickup_problem:
                 plan_reason = pickup_problem
             elif need:
-                reserved, plan = await self._place(
+                reserved, plan = await self.place(
                     str(order.delivery_mode), order.destination.lat, order.destination.lng, order.pickup_node_id, need
                 )
                 plan_reason = plan.reason
@@ -280,7 +280,7 @@ class IntakeService:
         ), True
 
     # ---- choose and reserve ----------------------------------------------------------------
-    async def _place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
+    async def place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
                      need: list[placement.PlanLine], exclude: frozenset[str] = frozenset()
                      ) -> tuple[list[Reserved], placement.Placement]:
         """Choose nodes and reserve there; a lost race re-routes without that node, a bounded number of times."""
