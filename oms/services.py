@@ -29,7 +29,9 @@ class Services:
         rebuild Redis when it is empty or out of step with PostgreSQL."""
         db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
         pool = await db.create_pool(db_url, settings.pg_pool_size)
-        redis = aioredis.Redis.from_url(redis_url, max_connections=256)
+        # a blocking pool makes a burst wait for a connection instead of failing
+        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=64, timeout=10))
         svc = cls(settings, pool, redis)
         if prepare:
             await svc.prepare()

@@ -12,7 +12,6 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
 
 from oms import embedded
 from oms.config import Settings
@@ -63,18 +62,31 @@ async def settings(server_urls) -> Settings:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def client(settings) -> AsyncTestClient:
+async def services(settings):
+    """The app's services, started in the tests' event loop (so tests may use them directly)."""
+    from oms.services import Services
+
+    svc = await Services.start(settings)
+    yield svc
+    await svc.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def app(services):
     from oms.app import create_app
 
-    app = create_app(settings)
-    async with AsyncTestClient(app=app, timeout=60) as c:
-        c.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+    app = create_app(services.settings)
+    app.state.services = services  # lifespan is not run by the ASGI transport; we started them
+    return app
+
+
+@pytest_asyncio.fixture(scope="session")
+async def client(app) -> httpx.AsyncClient:
+    """An HTTP client speaking ASGI to the app in-process, with the admin token."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://oms.test", timeout=60,
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def services(client):
-    return client.app.state.services
 
 
 @pytest.fixture
@@ -86,7 +98,7 @@ def uid() -> str:
 class World:
     """Builds small networks through the public API."""
 
-    def __init__(self, client: AsyncTestClient, uid: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, uid: str) -> None:
         self.c = client
         self.uid = uid
 

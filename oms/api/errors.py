@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 
+import asyncpg
 from litestar import Request, Response
+from redis.exceptions import RedisError
 from litestar.exceptions import HTTPException, ValidationException
 
 from oms.errors import OmsError
@@ -52,6 +54,12 @@ def http_error(_: Request, exc: HTTPException) -> Response:
     return Response(_body(code, str(exc.detail)), status_code=exc.status_code)
 
 
+def dependency_error(request: Request, exc: Exception) -> Response:
+    """PostgreSQL or Redis failed under us: the request changed nothing durable; retry."""
+    log.error("dependency failure on %s %s: %r", request.method, request.url.path, exc)
+    return Response(_body("unavailable", "a database is unavailable; nothing was kept, retry"), status_code=503)
+
+
 def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return Response(_body("internal", "internal error; nothing was changed by this request"), status_code=500)
@@ -61,5 +69,9 @@ EXCEPTION_HANDLERS = {
     OmsError: oms_error,
     ValidationException: validation_error,
     HTTPException: http_error,
+    RedisError: dependency_error,
+    asyncpg.PostgresError: dependency_error,
+    asyncpg.InterfaceError: dependency_error,
+    ConnectionError: dependency_error,
     Exception: internal_error,
 }

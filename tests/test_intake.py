@@ -1,0 +1,195 @@
+"""Order intake on the real servers: no oversell, one order per channel order, nothing half-written."""
+
+from __future__ import annotations
+
+import asyncio
+
+from oms import inventory
+
+HOT_LAT, HOT_LNG = 31.2304, 121.4737  # 人民广场
+
+
+async def _availability(services, node: str, sku: str) -> int:
+    return (await services.inventory.available([node], [sku]))[node][sku]
+
+
+async def _reserved_in_pg(services, sku: str) -> int:
+    return await services.pool.fetchval(
+        "select coalesce(sum(quantity), 0) from reservations where sku = $1 and state = 'reserved'", sku)
+
+
+async def _stampede(world, sku: str, n: int) -> list[dict]:
+    bodies = [world.order(f"hot-{i}", [(sku, 1)], lat=HOT_LAT, lng=HOT_LNG) for i in range(n)]
+    responses = await asyncio.gather(*(world.post_order(b) for b in bodies))
+    assert {r.status_code for r in responses} == {201}, {r.status_code: r.text for r in responses if r.status_code != 201}
+    return [r.json() for r in responses]
+
+
+async def test_thousand_concurrent_orders_for_100_units_allocate_exactly_100(world, services):
+    node = await world.node("hot", HOT_LAT, HOT_LNG)
+    sku = await world.sku("hot")
+    await world.stock(node, sku, 100)
+
+    orders = await _stampede(world, sku, 1000)
+
+    statuses = [o["status"] for o in orders]
+    assert statuses.count("allocated") == 100
+    assert statuses.count("backordered") == 900
+    assert all(o["reason"] for o in orders if o["status"] == "backordered")
+    assert await _availability(services, node, sku) == 0
+    assert await _reserved_in_pg(services, sku) == 100
+
+
+async def test_stampede_with_stock_spread_over_three_nodes_never_oversells(world, services):
+    nodes = [await world.node(f"n{i}", HOT_LAT + 0.004 * i, HOT_LNG) for i in range(3)]
+    sku = await world.sku("spread")
+    for node, units in zip(nodes, (50, 30, 20)):
+        await world.stock(node, sku, units)
+
+    orders = await _stampede(world, sku, 1000)
+
+    assert sum(o["status"] == "allocated" for o in orders) == 100
+    per_node = {n: 0 for n in nodes}
+    for o in orders:
+        for f in o["fulfillments"]:
+            per_node[f["node_id"]] += sum(line["quantity"] for line in f["lines"])
+    assert per_node == dict(zip(nodes, (50, 30, 20)))
+    assert [await _availability(services, n, sku) for n in nodes] == [0, 0, 0]
+    assert await _reserved_in_pg(services, sku) == 100
+
+
+async def test_same_order_posted_twice_is_one_order_with_one_reservation(world, services):
+    node = await world.node("dup", HOT_LAT, HOT_LNG)
+    sku = await world.sku("dup")
+    await world.stock(node, sku, 10)
+    body = world.order("dup-1", [(sku, 2)])
+
+    first = await world.post_order(body)
+    second = await world.post_order(body)
+
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert await _reserved_in_pg(services, sku) == 2
+    assert await _availability(services, node, sku) == 8
+
+
+async def test_same_order_posted_concurrently_is_one_order_with_one_reservation(world, services):
+    node = await world.node("dupc", HOT_LAT, HOT_LNG)
+    sku = await world.sku("dupc")
+    await world.stock(node, sku, 10)
+    body = world.order("dupc-1", [(sku, 3)])
+
+    responses = await asyncio.gather(*(world.post_order(body) for _ in range(20)))
+
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    count = await services.pool.fetchval("select count(*) from orders where external_id = $1", body["external_id"])
+    assert count == 1
+    assert await _reserved_in_pg(services, sku) == 3
+    assert await _availability(services, node, sku) == 7
+
+
+async def test_cancel_releases_stock_and_a_second_cancel_changes_nothing(world, client, services):
+    node = await world.node("cxl", HOT_LAT, HOT_LNG)
+    sku = await world.sku("cxl")
+    await world.stock(node, sku, 5)
+    order = (await world.post_order(world.order("cxl-1", [(sku, 4)]))).json()
+    assert await _availability(services, node, sku) == 1
+
+    first = await client.post(f"/orders/{order['id']}/cancel")
+    second = await client.post(f"/orders/{order['id']}/cancel")
+
+    assert first.status_code == second.status_code == 200
+    assert first.json()["status"] == second.json()["status"] == "cancelled"
+    assert await _availability(services, node, sku) == 5
+    assert await _reserved_in_pg(services, sku) == 0
+    history = (await client.get(f"/orders/{order['id']}")).json()["history"]
+    assert [h["to_status"] for h in history] == ["allocated", "cancelled"]
+
+
+async def test_redis_flush_then_rebuild_restores_availability_and_still_no_oversell(world, services):
+    node = await world.node("flush", HOT_LAT, HOT_LNG)
+    sku = await world.sku("flush")
+    await world.stock(node, sku, 10)
+    for i in range(4):
+        assert (await world.post_order(world.order(f"fl-{i}", [(sku, 2)]))).json()["status"] == "allocated"
+    before = await services.inventory.snapshot([node])
+
+    await services.redis.flushdb()
+    async with services.pool.acquire() as conn:
+        assert not await inventory.in_step(conn, services.redis)
+        await inventory.rebuild(conn, services.redis)
+        assert await inventory.in_step(conn, services.redis)
+
+    assert await services.inventory.snapshot([node]) == before == {(node, sku): (10, 8)}
+    results = [(await world.post_order(world.order(f"fl-after-{i}", [(sku, 1)]))).json()["status"] for i in range(4)]
+    assert results == ["allocated", "allocated", "backordered", "backordered"]
+    assert await _reserved_in_pg(services, sku) == 10
+
+
+async def test_failed_postgres_write_releases_the_reservation(world, services):
+    node = await world.node("fail", HOT_LAT, HOT_LNG)
+    sku = await world.sku("fail")
+    await world.stock(node, sku, 3)
+    body = world.order("boom", [(sku, 2)])
+    # a real failure inside PostgreSQL's transaction, after Redis has reserved
+    fn = f"fail_{world.uid}"
+    await services.pool.execute(f"""
+        create function {fn}() returns trigger language plpgsql as $$
+        begin
+          if new.external_id = '{body["external_id"]}' then raise exception 'injected failure'; end if;
+          return new;
+        end $$;
+        create trigger {fn} before insert on orders for each row execute function {fn}();""")
+    try:
+        r = await world.post_order(body)
+    finally:
+        await services.pool.execute(f"drop trigger {fn} on orders; drop function {fn}();")
+
+    assert r.status_code == 503
+    assert "retry" in r.json()["message"]
+    assert await _availability(services, node, sku) == 3
+    assert await services.pool.fetchval("select count(*) from orders where external_id = $1", body["external_id"]) == 0
+    retried = await world.post_order(body)  # the platform's retry goes through
+    assert retried.status_code == 201 and retried.json()["status"] == "allocated"
+    assert await _availability(services, node, sku) == 1
+
+
+async def test_order_no_node_can_serve_is_backordered_with_the_reason(world, client):
+    sku = await world.sku("none")
+    r = await world.post_order(world.order("none-1", [(sku, 1)], lat=31.0, lng=121.2))
+    assert r.status_code == 201
+    body = r.json()
+    assert body["status"] == "backordered"
+    assert body["fulfillments"] == []
+    assert body["reason"]
+    stored = (await client.get(f"/orders/{body['id']}")).json()
+    assert stored["status"] == "backordered" and stored["reason"] == body["reason"]
+
+
+async def test_node_outside_radius_or_without_capability_is_not_chosen(world):
+    far = await world.node("far", 31.40, 121.47, radius=3000)  # ~19 km north
+    nodel = await world.node("nodel", HOT_LAT, HOT_LNG, capabilities=("pickup",))
+    near = await world.node("near", HOT_LAT + 0.01, HOT_LNG, radius=3000)
+    sku = await world.sku("rad")
+    for n in (far, nodel, near):
+        await world.stock(n, sku, 5)
+    order = (await world.post_order(world.order("rad-1", [(sku, 1)]))).json()
+    assert [f["node_id"] for f in order["fulfillments"]] == [near]
+
+
+async def test_unpaid_order_reserves_nothing_until_paid(world, services):
+    node = await world.node("unpaid", HOT_LAT, HOT_LNG)
+    sku = await world.sku("unpaid")
+    await world.stock(node, sku, 2)
+    body = world.order("up-1", [(sku, 1)], status="unpaid")
+    created = (await world.post_order(body)).json()
+    assert created["status"] == "created" and await _availability(services, node, sku) == 2
+
+    paid = await world.post_order({**body, "status": "paid"})
+    assert paid.status_code == 200
+    assert paid.json()["status"] == "allocated"
+    assert await _availability(services, node, sku) == 1
+    # an older status arriving late does not move it back
+    late = await world.post_order(body)
+    assert late.json()["status"] == "allocated"
