@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["OMS_PREPARED"] = "1"
     print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
     uvicorn.run("oms.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False, loop="auto", http="auto")
     return 0
 
 

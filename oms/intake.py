@@ -33,16 +33,17 @@ from oms.domain import (
     OrderStatus,
 )
 from oms.errors import Unavailable, UnknownReference
-from oms.ids import new_id
+from oms.ids import id_age_s, new_id
 from oms.inventory import Inventory
 from oms.orders import cancel_order, load_order, minutes_left, set_status
 from oms.writer import NewOrderRows, OrderWriter
 
 log = logging.getLogger("oms.intake")
 
-_CLAIM_PENDING = "pending:"
-_CLAIM_TTL_S = 60
-_CLAIM_DONE_TTL_S = 7 * 24 * 3600
+#: a claim outlives platform retries of the same push; PostgreSQL's unique key backs it up
+_CLAIM_TTL_S = 7 * 24 * 3600
+#: a claim whose order is still not stored after this long belongs to a process that died
+_ORPHAN_CLAIM_S = 30
 
 
 def claim_key(channel: str, external_id: str) -> str:
@@ -93,40 +94,41 @@ class IntakeService:
         (channel pushes) the line is backordered with the reason and the rest goes on.
         """
         key = claim_key(order.channel, order.external_id)
-        token = _CLAIM_PENDING + new_id("")
-        if not await self.redis.set(key, token, nx=True, ex=_CLAIM_TTL_S):
+        # the claim holds the id the order will have: waiters find it in PostgreSQL once written
+        order_id = new_id("o")
+        if not await self.redis.set(key, order_id, nx=True, ex=_CLAIM_TTL_S):
             return await self._existing(order, key, cause), False
         try:
-            view, created = await asyncio.shield(self._create(order, cause, strict))
+            view, created = await asyncio.shield(self._create(order, order_id, cause, strict))
         except BaseException:
-            await self._drop_claim(key, token)
+            await self._drop_claim(key, order_id)
             raise
-        await self.redis.set(key, view.id, ex=_CLAIM_DONE_TTL_S)
-        if not created:
+        if not created:  # stored before under another id (a claim lost with a Redis flush)
+            await self.redis.set(key, view.id, ex=_CLAIM_TTL_S)
             view = await self.apply_update(view.id, order, cause)
         return view, created
 
-    async def _drop_claim(self, key: str, token: str) -> None:
+    async def _drop_claim(self, key: str, value: str) -> None:
         try:
-            if (await self.redis.get(key)) == token.encode():
+            if (await self.redis.get(key)) == value.encode():
                 await self.redis.delete(key)
         except aioredis.RedisError:  # the claim expires on its own
             pass
 
     async def _existing(self, order: NormalizedOrder, key: str, cause: str) -> Order:
-        """Another request holds or held this order: wait for its id, then apply our update."""
+        """Another request holds or held this order: wait until it is stored, then apply our update."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             val = await self.redis.get(key)
-            if val is None:
-                oid = await self.pool.fetchval(Q["order_id_by_external"], order.channel, order.external_id)
-                if oid is None:  # the other attempt failed and let go: try ourselves
-                    view, _ = await self.submit(order, cause=cause)
-                    return view
+            oid = val.decode() if val else await self.pool.fetchval(
+                Q["order_id_by_external"], order.channel, order.external_id)
+            if oid is None:  # nobody has it: the other attempt failed and let go
+                view, _ = await self.submit(order, cause=cause)
+                return view
+            if await self.pool.fetchval(Q["order_exists"], oid):
                 return await self.apply_update(oid, order, cause)
-            text = val.decode()
-            if not text.startswith(_CLAIM_PENDING):
-                return await self.apply_update(text, order, cause)
+            if id_age_s(oid) > _ORPHAN_CLAIM_S:  # its holder died before writing: take over
+                await self._drop_claim(key, oid)
             await asyncio.sleep(0.02)
         raise Unavailable("the same order is still being processed by another request; retry")
 
@@ -181,9 +183,8 @@ class IntakeService:
             return await load_order(conn, order_id)
 
     # ---- a new order -----------------------------------------------------------------------
-    async def _create(self, order: NormalizedOrder, cause: str, strict: bool) -> tuple[Order, bool]:
+    async def _create(self, order: NormalizedOrder, order_id: str, cause: str, strict: bool) -> tuple[Order, bool]:
         now = datetime.now(timezone.utc)
-        order_id = new_id("o")
         line_status = ["open"] * len(order.lines)
         line_reason: list[str | None] = [None] * len(order.lines)
 

@@ -46,6 +46,9 @@ select * from orders where id = $1 for update;
 -- name: order_by_external
 select * from orders where channel = $1 and external_id = $2;
 
+-- name: order_exists
+select exists (select 1 from orders where id = $1);
+
 -- name: order_id_by_external
 select id from orders where channel = $1 and external_id = $2;
 

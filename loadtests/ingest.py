@@ -1,0 +1,192 @@
+"""Intake benchmark: drive POST /orders at `oms serve --workers 2`, print orders/s and latency,
+then check from PostgreSQL that no (node, SKU) is oversold.
+
+    .venv/bin/python loadtests/ingest.py [--orders 30000] [--concurrency 64] [--clients 1]
+
+Runs its own embedded servers under .oms-bench (or OMS_DATABASE_URL / OMS_REDIS_URL), seeds the
+demo city with deep stock plus one hot SKU with little stock, and sends traffic only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_bodies(n: int, seed: int, skus: list[str], hot: str, prefix: str) -> list[bytes]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        mode = "delivery" if rnd.random() < 0.7 else "ship"
+        lines = [{"sku": hot if rnd.random() < 0.05 else rnd.choice(skus), "quantity": 1, "unit_price": 9900}]
+        if rnd.random() < 0.2:
+            lines.append({"sku": rnd.choice(skus), "quantity": 1, "unit_price": 4900})
+        body = {"channel": rnd.choice(["tmall", "jd", "douyin", "miniprogram"]), "external_id": f"{prefix}-{i}",
+                "delivery_mode": mode,
+                "destination": {"lat": 31.23 + rnd.uniform(-0.12, 0.12), "lng": 121.47 + rnd.uniform(-0.15, 0.15),
+                                "address": "上海市****"},
+                "lines": lines}
+        out.append(json.dumps(body).encode())
+    return out
+
+
+async def _worker(port: int, token: str, bodies: list[bytes], lat: list[float], codes: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (f"POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\n").encode()
+    for body in bodies:
+        t0 = time.perf_counter()
+        writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await reader.readline()
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        lat.append(time.perf_counter() - t0)
+        code = int(status_line.split()[1])
+        codes[code] = codes.get(code, 0) + 1
+    writer.close()
+
+
+def _client_process(port: int, token: str, bodies: list[bytes], concurrency: int, q: mp.Queue) -> None:
+    async def main():
+        lat: list[float] = []
+        codes: dict[int, int] = {}
+        chunks = [bodies[i::concurrency] for i in range(concurrency)]
+        await asyncio.gather(*(_worker(port, token, c, lat, codes) for c in chunks if c))
+        return lat, codes
+
+    q.put(asyncio.run(main()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--orders", type=int, default=30000)
+    ap.add_argument("--concurrency", type=int, default=64, help="connections in all")
+    ap.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2000)
+    args = ap.parse_args()
+
+    env = dict(os.environ)
+    env.setdefault("OMS_DATA_DIR", str(ROOT / ".oms-bench"))
+    env["OMS_ADMIN_TOKEN"] = token = "bench-token"
+    oms = [str(BIN / "oms")]
+    subprocess.run(oms + ["migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(oms + ["seed-demo"], env=env, check=True, capture_output=True)
+    # deep stock everywhere, and one hot SKU with 200 units at the warehouse only
+    setup = """
+import asyncio, os
+from oms.config import Settings
+from oms.services import Services
+from oms import inventory
+async def main():
+    s = await Services.start(Settings.from_env(), prepare=False)
+    async with s.pool.acquire() as c:
+        await c.execute("update stock set on_hand = 100000")
+        await c.execute("insert into skus (sku, name) values ('SKU-HOT-1', 'hot') on conflict do nothing")
+        await c.execute("delete from stock where sku = 'SKU-HOT-1'")
+        await c.execute("insert into stock (node_id, sku, on_hand) values ('SH-WH-JIADING', 'SKU-HOT-1', 200)")
+        await inventory.rebuild(c, s.redis)
+        skus = [r['sku'] for r in await c.fetch("select sku from skus where sku <> 'SKU-HOT-1' order by sku")]
+    await s.close()
+    print(','.join(skus))
+asyncio.run(main())
+"""
+    skus = subprocess.run([sys.executable, "-c", setup], env=env, check=True, capture_output=True, text=True).stdout.strip().split(",")
+    port = free_port()
+    server = subprocess.Popen(oms + ["serve", "--port", str(port), "--workers", str(args.workers)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1.5)  # both workers up
+        prefix = f"b{int(time.time())}"
+        # warm-up (caches, connections), not measured
+        warm = build_bodies(args.warmup, 1, skus, "SKU-HOT-1", prefix + "w")
+        q: mp.Queue = mp.Queue()
+        p = mp.Process(target=_client_process, args=(port, token, warm, min(args.concurrency, 32), q))
+        p.start(); q.get(); p.join()
+
+        bodies = build_bodies(args.orders, 2, skus, "SKU-HOT-1", prefix)
+        per = [bodies[i::args.clients] for i in range(args.clients)]
+        t0 = time.perf_counter()
+        procs = [mp.Process(target=_client_process, args=(port, token, chunk, max(1, args.concurrency // args.clients), q))
+                 for chunk in per]
+        for p in procs:
+            p.start()
+        results = [q.get() for _ in procs]
+        elapsed = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+        lat = sorted(x for r in results for x in r[0])
+        codes: dict[int, int] = {}
+        for r in results:
+            for k, v in r[1].items():
+                codes[k] = codes.get(k, 0) + v
+        check = """
+import asyncio
+from oms.config import Settings
+from oms.services import Services
+from oms.db import Q
+from oms import inventory
+async def main():
+    s = await Services.start(Settings.from_env(), prepare=False)
+    async with s.pool.acquire() as c:
+        bad = await c.fetch(Q['oversold_pairs'])
+        hot = await c.fetchval("select coalesce(sum(quantity),0) from reservations where sku='SKU-HOT-1' and state='reserved'")
+        st = await c.fetch("select status, count(*) n from orders where external_id like $1 group by status", '%s-%%')
+        in_step = await inventory.in_step(c, s.redis)
+    await s.close()
+    print(len(bad), hot, in_step, dict((r['status'], r['n']) for r in st))
+asyncio.run(main())
+""" % prefix
+        out = subprocess.run([sys.executable, "-c", check], env=env, check=True, capture_output=True, text=True).stdout.split(" ", 3)
+        q50 = lat[len(lat) // 2] * 1000
+        q99 = lat[int(len(lat) * 0.99)] * 1000
+        print(f"orders: {len(lat)} in {elapsed:.2f} s with {args.concurrency} connections, {args.workers} workers, {args.clients} load process(es)")
+        print(f"throughput: {len(lat) / elapsed:,.0f} orders/s")
+        print(f"latency: p50 {q50:.1f} ms, p99 {q99:.1f} ms, mean {statistics.fmean(lat) * 1000:.1f} ms")
+        print(f"HTTP status counts: {codes}")
+        print(f"order statuses: {out[3].strip()}")
+        print(f"hot SKU (200 units): {out[1]} reserved")
+        print(f"oversold (node, SKU) pairs in PostgreSQL: {out[0]}; Redis in step with PostgreSQL: {out[2]}")
+        return 0 if out[0] == "0" and int(out[1]) <= 200 else 1
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

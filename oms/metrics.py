@@ -1,0 +1,254 @@
+"""Prometheus metrics: what the service counts as it works, and the /metrics exposition.
+
+Counters and histograms live in each process. With several worker processes
+(`oms serve --workers N`) every process writes them to files under PROMETHEUS_MULTIPROC_DIR
+and /metrics reads all of them (prometheus_client's MultiProcessCollector), so whichever
+worker answers the scrape reports the same totals.
+
+PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported. When it is
+not set by the operator, a worker process started by `oms serve` (a spawned child of the
+serving process, OMS_PREPARED=1) sets it itself to a directory named after that parent
+process, so all workers of one `oms serve` share one directory and a new `oms serve` starts
+from an empty one. `use_multiprocess_dir()` does the same explicitly for the parent.
+
+Figures that are state, not events (open picks, at-risk orders, oversold pairs) are not kept
+in process memory at all: /metrics reads them from PostgreSQL and Redis at scrape time
+(oms.ops.scrape_gauges) and adds them to the exposition.
+
+The routing decision time is also pushed to a capped Redis list (one pipelined LPUSH+LTRIM
+per decision) so /ops/summary can report p50/p99 across every process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger("oms.metrics")
+
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_DIR_PREFIX = "oms-prometheus-"
+
+
+def _proc_start_ticks(pid: int) -> str:
+    """The process's start time (Linux clock ticks), so a reused pid never reuses a directory."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_dirs(root: Path) -> None:
+    """Directories left by `oms serve` processes that have exited."""
+    for d in root.glob(_DIR_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(_DIR_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def use_multiprocess_dir(path: str | os.PathLike | None = None, *, fresh: bool = True) -> str:
+    """Point this process (and the workers it starts) at one metrics directory.
+
+    For the process that starts workers, before it starts them and before prometheus_client
+    is imported: `oms serve` can call `oms.metrics.use_multiprocess_dir()` ahead of
+    `uvicorn.run(...)`. `fresh` empties the directory (counters restart with the server).
+    """
+    if path is None:
+        pid = os.getpid()
+        path = Path(tempfile.gettempdir()) / f"{_DIR_PREFIX}{pid}-{_proc_start_ticks(pid)}"
+    p = Path(path)
+    if fresh and p.exists():
+        shutil.rmtree(p, ignore_errors=True)
+    p.mkdir(parents=True, exist_ok=True)
+    os.environ[_ENV] = str(p)
+    return str(p)
+
+
+def _auto_multiprocess_dir() -> None:
+    """A worker of `oms serve --workers N` with no directory configured: share the parent's."""
+    if os.environ.get(_ENV) or os.environ.get("prometheus_multiproc_dir"):
+        return
+    if os.environ.get("OMS_PREPARED") != "1":
+        return
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return  # one process: the default registry is the truth
+    if "prometheus_client" in sys.modules:
+        log.warning("prometheus_client was imported before oms.metrics: worker metrics stay per process")
+        return
+    root = Path(tempfile.gettempdir())
+    path = root / f"{_DIR_PREFIX}{parent.pid}-{_proc_start_ticks(parent.pid)}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[_ENV] = str(path)
+    try:
+        _remove_stale_dirs(root)
+    except OSError:
+        pass
+
+
+_auto_multiprocess_dir()
+
+# imported only now: prometheus_client picks its value class from the environment at import
+from prometheus_client import (  # noqa: E402
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import Metric  # noqa: E402
+
+# ---- the metrics -------------------------------------------------------------------------
+
+ORDERS_RECEIVED = Counter(
+    "oms_orders_received", "Orders handed to intake, per channel (every push or POST, retries included)",
+    ["channel"],
+)
+ORDER_OUTCOMES = Counter(
+    "oms_order_outcomes",
+    "Allocation decisions per channel: accepted (stock reserved), backordered, cancelled, "
+    "unpaid (stored, waiting for payment)",
+    ["channel", "outcome"],
+)
+RESERVATION_FAILURES = Counter(
+    "oms_reservation_failures",
+    "Redis reservations refused because the stock moved since routing read it (a lost race), per short SKU",
+    ["sku"],
+)
+STOCKOUTS = Counter(
+    "oms_stockouts", "Order lines of known SKUs that no eligible node could reserve (backordered), per SKU",
+    ["sku"],
+)
+ROUTING_SECONDS = Histogram(
+    "oms_routing_decision_seconds", "Time to choose the node(s) for one order and reserve there",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+WEBHOOK_SECONDS = Histogram(
+    "oms_webhook_latency_seconds", "Time from a channel push arriving to its answer, per channel",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+#: Redis list of recent routing decision times in milliseconds, newest first
+ROUTING_SAMPLES_KEY = "ops:routing_ms"
+ROUTING_SAMPLES_MAX = 5000
+
+
+# ---- what intake calls ---------------------------------------------------------------------
+
+def order_received(channel: object) -> None:
+    ORDERS_RECEIVED.labels(str(channel)).inc()
+
+
+_OUTCOME = {"allocated": "accepted", "backordered": "backordered", "cancelled": "cancelled", "created": "unpaid"}
+
+
+def order_outcome(channel: object, status: object) -> None:
+    ORDER_OUTCOMES.labels(str(channel), _OUTCOME.get(str(status), str(status))).inc()
+
+
+def order_cancelled(channel: object) -> None:
+    ORDER_OUTCOMES.labels(str(channel), "cancelled").inc()
+
+
+def observe_order(order: Any, created: bool) -> None:
+    """After intake answered: the outcome of a new order and its stock-outs. Never raises."""
+    if not created:
+        return
+    try:
+        order_outcome(order.channel, order.status)
+        for line in order.lines:
+            if line.status == "backordered" and not (line.reason or "").startswith("unknown SKU"):
+                STOCKOUTS.labels(line.sku).inc()
+    except Exception:  # metrics never fail an order
+        log.exception("could not record order metrics")
+
+
+def reservation_failed(sku: str | None) -> None:
+    RESERVATION_FAILURES.labels(sku or "unknown").inc()
+
+
+async def record_routing(redis: Any, seconds: float) -> None:
+    """Histogram here, and the sample in Redis for the cross-process p50/p99 (one round trip)."""
+    ROUTING_SECONDS.observe(seconds)
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.lpush(ROUTING_SAMPLES_KEY, f"{seconds * 1000:.3f}")
+        pipe.ltrim(ROUTING_SAMPLES_KEY, 0, ROUTING_SAMPLES_MAX - 1)
+        await pipe.execute()
+    except Exception:  # Redis trouble shows elsewhere; never fail an order for a metric
+        log.debug("could not record the routing sample", exc_info=True)
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def timed_routing(fn: F) -> F:
+    """Decorator for IntakeService.place: records how long each decision took (see record_routing)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        result = await fn(self, *args, **kwargs)
+        await record_routing(self.redis, time.perf_counter() - t0)
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---- exposition ------------------------------------------------------------------------------
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(_ENV) or os.environ.get("prometheus_multiproc_dir") or None
+
+
+class _Fixed:
+    """A collector that yields metric families computed beforehand (the scrape-time gauges)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self.families)
+
+
+class _DefaultRegistry:
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
+
+
+def exposition(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
+    """The Prometheus text of every process's metrics plus `extra`; returns (body, content type)."""
+    registry = CollectorRegistry(auto_describe=False)
+    path = multiprocess_dir()
+    if path:
+        multiprocess.MultiProcessCollector(registry, path=path)
+    else:
+        registry.register(_DefaultRegistry())
+    registry.register(_Fixed(extra))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,91 @@
+-- name: store_token_insert
+insert into store_tokens (id, node_id, token_hash, label) values ($1, $2, $3, $4)
+returning id, node_id, label, created_at, revoked_at;
+
+-- name: store_token_owner
+-- The node a (hashed) bearer token acts for; revoked tokens count as unknown.
+select node_id from store_tokens where token_hash = $1 and revoked_at is null;
+
+-- name: store_token_revoke
+-- Revoking twice keeps the first time; returns nothing for an unknown token.
+update store_tokens set revoked_at = coalesce(revoked_at, now())
+ where node_id = $1 and id = $2
+returning id, node_id, label, created_at, revoked_at;
+
+-- name: store_tokens_by_node
+select id, node_id, label, created_at, revoked_at from store_tokens where node_id = $1 order by created_at, id;
+
+-- name: store_fulfillments_at_node_for_update
+-- An order's fulfilments at one node, open ones first, newest first; locks them.
+select id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason, created_at
+  from fulfillments
+ where order_id = $1 and node_id = $2
+ order by (status in ('allocated', 'picked', 'ready_for_pickup')) desc, created_at desc, id desc
+   for update;
+
+-- name: store_fulfillment_advance
+-- Conditional status change: only from the status the caller saw (a lost race changes nothing).
+update fulfillments
+   set status = $3,
+       pickup_code = coalesce($4, pickup_code),
+       reason = coalesce($5, reason),
+       picked_at = case when $3 in ('picked', 'ready_for_pickup') then now() else picked_at end,
+       handed_over_at = case when $3 in ('shipped', 'collected') then now() else handed_over_at end,
+       updated_at = now()
+ where id = $1 and status = $2
+returning id;
+
+-- name: store_fulfillment_touch
+-- Part of it was rejected: note why, and change the pick list's fingerprint.
+update fulfillments set reason = coalesce($2, reason), updated_at = now() where id = $1;
+
+-- name: store_fulfillment_lines
+-- The lines a fulfilment still holds (reserved) or handed over (committed).
+select sku, quantity, state from reservations
+ where fulfillment_id = $1 and state in ('reserved', 'committed') order by sku;
+
+-- name: store_reservation_reduce
+-- Take $3 units of one SKU out of an open reservation; all of them closes the row as released.
+update reservations
+   set state = case when quantity = $3 then 'released' else state end,
+       quantity = case when quantity = $3 then quantity else quantity - $3 end,
+       updated_at = now()
+ where fulfillment_id = $1 and sku = $2 and state = 'reserved' and quantity >= $3
+returning sku;
+
+-- name: store_fulfillment_nodes_rejected
+-- Nodes that already turned this order (or part of it) down: re-routing avoids them.
+select distinct node_id from fulfillments where order_id = $1 and (status = 'rejected' or reason is not null);
+
+-- name: store_picklist
+-- The open work of one node with its lines, most urgent first (index fulfillments_by_node_status).
+select f.id, f.order_id, f.status, f.role, f.created_at, f.picked_at,
+       o.channel, o.external_id, o.delivery_mode, o.paid_at, o.promised_by,
+       coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity) order by r.sku)
+                   from reservations r
+                  where r.fulfillment_id = f.id and r.state = 'reserved'), '[]'::json) as lines
+  from fulfillments f join orders o on o.id = f.order_id
+ where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup')
+ order by o.promised_by nulls last, o.paid_at nulls last, f.created_at, f.id;
+
+-- name: store_picklist_fingerprint
+-- Changes whenever the node's open work changes: the pick list's ETag.
+select count(*)::int as n,
+       coalesce(md5(string_agg(f.id || ':' || f.status || ':' || extract(epoch from f.updated_at)::text,
+                               ',' order by f.id)), '') as digest,
+       (select extract(epoch from n.updated_at)::text from nodes n where n.id = $1) as node_version
+  from fulfillments f
+ where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup');
+
+-- name: store_pickup_by_code
+-- A code at a store: the open pickup holding it first, else the latest one that used it.
+select id, order_id, status from fulfillments
+ where node_id = $1 and pickup_code = $2
+ order by (status = 'ready_for_pickup') desc, updated_at desc
+ limit 1;
+
+-- name: store_pickups_expired
+-- Orders whose pickup has waited since before $1 (index fulfillments_ready_since).
+select distinct order_id from fulfillments
+ where status = 'ready_for_pickup' and picked_at < $1 and ($2::text is null or node_id = $2)
+ limit $3;
