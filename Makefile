@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/oms serve --host 127.0.0.1 --port $${OMS_PORT:-8000} --workers $${OMS_WORKERS:-2}
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	OMS_TEST_STOP_EMBEDDED=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/routing_bench.py

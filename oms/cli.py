@@ -70,13 +70,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
+    embedded_in_use = (settings.database_url is None, settings.redis_url is None)
     # workers inherit one set of URLs and one token, and skip the start-up checks done here once
     os.environ.update(OMS_DATABASE_URL=db_url, OMS_REDIS_URL=redis_url, OMS_ADMIN_TOKEN=settings.admin_token)
     asyncio.run(_with_services(lambda s: asyncio.sleep(0)))  # migrate + inventory check
     os.environ["OMS_PREPARED"] = "1"
     print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
-    uvicorn.run("oms.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False, loop="auto", http="auto")
+    try:
+        uvicorn.run("oms.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level=args.log_level, access_log=False, loop="auto", http="auto")
+    finally:
+        if not args.keep_embedded:  # clean stop of the embedded servers we use; data stays
+            if embedded_in_use[0]:
+                embedded.stop_postgres(settings.data_dir)
+            if embedded_in_use[1]:
+                embedded.stop_redis(settings.data_dir)
     return 0
 
 
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--log-level", default="warning")
+    s.add_argument("--keep-embedded", action="store_true", help="leave embedded PostgreSQL/Redis running on exit")
     s.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sd = sub.add_parser("seed-demo", help="load the demo city, catalogue and stock")

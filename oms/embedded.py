@@ -125,3 +125,24 @@ def resolve_urls(database_url: str | None, redis_url_: str | None, data_dir: Pat
         database_url or postgres_url(data_dir),
         redis_url_ or redis_url(data_dir),
     )
+
+
+def running(data_dir: Path) -> tuple[bool, bool]:
+    """(PostgreSQL, Redis) embedded servers already running under data_dir."""
+    pid = data_dir / "pg" / "postmaster.pid"
+    pg = False
+    if pid.exists():
+        try:
+            os.kill(int(pid.read_text().split()[0]), 0)
+            pg = True
+        except (ValueError, OSError, IndexError):
+            pg = False
+    return pg, _redis_alive(data_dir / "redis" / "redis.sock")
+
+
+def stop_started(data_dir: Path, before: tuple[bool, bool]) -> None:
+    """Stop the embedded servers that were not running before (`before` from `running`)."""
+    if not before[0]:
+        stop_postgres(data_dir)
+    if not before[1]:
+        stop_redis(data_dir)

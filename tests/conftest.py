@@ -34,9 +34,14 @@ def _redis_db(url: str, db: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_urls() -> tuple[str, str]:
+def server_urls():
+    """The servers' URLs; with OMS_TEST_STOP_EMBEDDED=1 (make test) the embedded servers this
+    session started are stopped at its end."""
     data_dir = Path(os.environ.get("OMS_DATA_DIR", ROOT / ".oms-test")).resolve()
-    return embedded.resolve_urls(os.environ.get("OMS_DATABASE_URL"), os.environ.get("OMS_REDIS_URL"), data_dir)
+    before = embedded.running(data_dir)
+    yield embedded.resolve_urls(os.environ.get("OMS_DATABASE_URL"), os.environ.get("OMS_REDIS_URL"), data_dir)
+    if os.environ.get("OMS_TEST_STOP_EMBEDDED") == "1":
+        embedded.stop_started(data_dir, before)
 
 
 @pytest_asyncio.fixture(scope="session")
