@@ -3,6 +3,7 @@
 Keys are hash-tagged by node (`inv:{NODE}:...`) so every script touches one Redis Cluster slot:
     inv:{N}:onhand        hash sku -> on-hand units
     inv:{N}:reserved      hash sku -> units held by open reservations
+    inv:{N}:avail         hash sku -> on-hand - reserved, kept by the scripts so a read is one HMGET
     inv:{N}:res:<fid>     hash sku -> units of one fulfilment's reservation (its idempotency key)
 Available = on-hand - reserved. PostgreSQL holds the same facts (`stock`, `reservations`) and
 `rebuild` recomputes these keys from it.
@@ -29,6 +30,10 @@ def onhand_key(node: str) -> str:
 
 def reserved_key(node: str) -> str:
     return f"inv:{{{node}}}:reserved"
+
+
+def avail_key(node: str) -> str:
+    return f"inv:{{{node}}}:avail"
 
 
 def record_key(node: str, fulfillment_id: str) -> str:
@@ -69,7 +74,7 @@ class Inventory:
         for sku, qty in _merge(lines).items():
             argv += [sku, qty]
         res = await self._reserve(
-            keys=[onhand_key(node), reserved_key(node), record_key(node, fulfillment_id)], args=argv
+            keys=[avail_key(node), reserved_key(node), record_key(node, fulfillment_id)], args=argv
         )
         code = int(res[0])
         if code == 1:
@@ -84,7 +89,8 @@ class Inventory:
         argv: list[str | int] = []
         for sku, qty in _merge(lines or ()).items():
             argv += [sku, qty]
-        return int(await self._release(keys=[reserved_key(node), record_key(node, fulfillment_id)], args=argv))
+        keys = [avail_key(node), reserved_key(node), record_key(node, fulfillment_id)]
+        return int(await self._release(keys=keys, args=argv))
 
     async def commit(self, node: str, fulfillment_id: str) -> int:
         """Hand-over: on-hand and reserved go down by the reservation; returns units committed."""
@@ -92,11 +98,11 @@ class Inventory:
         return int(await self._commit(keys=keys, args=[]))
 
     async def set_on_hand(self, node: str, sku: str, on_hand: int) -> StockLevel:
-        res = await self._set(keys=[onhand_key(node), reserved_key(node)], args=[sku, on_hand, "set"])
+        res = await self._set(keys=[onhand_key(node), reserved_key(node), avail_key(node)], args=[sku, on_hand, "set"])
         return StockLevel(node, sku, int(res[0]), int(res[1]))
 
     async def adjust(self, node: str, sku: str, delta: int) -> StockLevel:
-        res = await self._set(keys=[onhand_key(node), reserved_key(node)], args=[sku, delta, "add"])
+        res = await self._set(keys=[onhand_key(node), reserved_key(node), avail_key(node)], args=[sku, delta, "add"])
         return StockLevel(node, sku, int(res[0]), int(res[1]))
 
     async def available(self, nodes: Sequence[str], skus: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -105,14 +111,9 @@ class Inventory:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for node in nodes:
-            pipe.hmget(onhand_key(node), skus)
-            pipe.hmget(reserved_key(node), skus)
+            pipe.hmget(avail_key(node), skus)
         raw = await pipe.execute()
-        out: dict[str, dict[str, int]] = {}
-        for i, node in enumerate(nodes):
-            onh, res = raw[2 * i], raw[2 * i + 1]
-            out[node] = {sku: int(onh[j] or 0) - int(res[j] or 0) for j, sku in enumerate(skus)}
-        return out
+        return {node: {sku: int(v or 0) for sku, v in zip(skus, vals)} for node, vals in zip(nodes, raw)}
 
     async def levels(self, nodes: Sequence[str], sku: str) -> list[StockLevel]:
         pipe = self.redis.pipeline(transaction=False)
@@ -185,6 +186,9 @@ async def rebuild(conn: asyncpg.Connection, redis: aioredis.Redis) -> int:
             pipe.hset(onhand_key(node), mapping=onh)
         if res:
             pipe.hset(reserved_key(node), mapping=res)
+        avail = {sku: onh.get(sku, 0) - res.get(sku, 0) for sku in set(onh) | set(res)}
+        if avail:
+            pipe.hset(avail_key(node), mapping=avail)
     for (node, fid), rec in records.items():
         pipe.hset(record_key(node, fid), mapping=rec)
     await pipe.execute()
@@ -198,6 +202,17 @@ async def in_step(conn: asyncpg.Connection, redis: aioredis.Redis) -> bool:
     actual = await Inventory(redis).snapshot(nodes)
     if actual != levels:
         return False
+    pipe = redis.pipeline(transaction=False)
+    for node in nodes:
+        pipe.hgetall(avail_key(node))
+    for node, avail in zip(nodes, await pipe.execute()):
+        for sku, value in avail.items():
+            on_hand, reserved = levels.get((node, sku.decode()), (0, 0))
+            if int(value) != on_hand - reserved:
+                return False
+        held = {sku.decode() for sku in avail}
+        if any(n == node and sku not in held for (n, sku), (o, r) in levels.items() if o - r):
+            return False
     n_records = 0
     async for _ in redis.scan_iter(match="inv:*:res:*", count=1000):
         n_records += 1

@@ -1,4 +1,5 @@
--- Hand-over: the reserved units leave the building, so on-hand and reserved both go down.
+-- Hand-over: the reserved units leave the building, so on-hand and reserved both go down
+-- (available does not move: those units were already not available).
 -- KEYS[1] on-hand hash, KEYS[2] reserved hash, KEYS[3] the reservation's record (all {node})
 -- Returns units committed (0 when the record is gone: already committed or released).
 local rec = redis.call('HGETALL', KEYS[3])

@@ -1,18 +1,19 @@
 -- Give back reserved units: all of a reservation, or only the named lines.
--- KEYS[1] reserved hash, KEYS[2] the reservation's record (both {node})
+-- KEYS[1] available hash, KEYS[2] reserved hash, KEYS[3] the reservation's record (all {node})
 -- ARGV: empty for all, else sku1, qty1, ... (capped at what the record holds)
 -- Returns the number of units released (0 when already released: idempotent).
 local released = 0
 local function give(sku, qty)
-  local held = tonumber(redis.call('HGET', KEYS[2], sku) or '0')
+  local held = tonumber(redis.call('HGET', KEYS[3], sku) or '0')
   if qty > held then qty = held end
   if qty <= 0 then return end
-  redis.call('HINCRBY', KEYS[1], sku, -qty)
-  if redis.call('HINCRBY', KEYS[2], sku, -qty) <= 0 then redis.call('HDEL', KEYS[2], sku) end
+  redis.call('HINCRBY', KEYS[1], sku, qty)
+  redis.call('HINCRBY', KEYS[2], sku, -qty)
+  if redis.call('HINCRBY', KEYS[3], sku, -qty) <= 0 then redis.call('HDEL', KEYS[3], sku) end
   released = released + qty
 end
 if #ARGV == 0 then
-  local rec = redis.call('HGETALL', KEYS[2])
+  local rec = redis.call('HGETALL', KEYS[3])
   for i = 1, #rec, 2 do give(rec[i], tonumber(rec[i + 1])) end
 else
   for i = 1, #ARGV, 2 do give(ARGV[i], tonumber(ARGV[i + 1])) end

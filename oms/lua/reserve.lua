@@ -1,5 +1,5 @@
 -- Reserve every line an order takes at one node, or none.
--- KEYS[1] on-hand hash, KEYS[2] reserved hash, KEYS[3] this reservation's record (all {node})
+-- KEYS[1] available hash, KEYS[2] reserved hash, KEYS[3] this reservation's record (all {node})
 -- ARGV: sku1, qty1, sku2, qty2, ...
 -- Returns {1} reserved, {2} already reserved (a retry: nothing changes),
 -- or {0, sku, available} for the first line that does not fit.
@@ -7,14 +7,13 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   return {2}
 end
 for i = 1, #ARGV, 2 do
-  local sku, qty = ARGV[i], tonumber(ARGV[i + 1])
-  local on_hand = tonumber(redis.call('HGET', KEYS[1], sku) or '0')
-  local reserved = tonumber(redis.call('HGET', KEYS[2], sku) or '0')
-  if on_hand - reserved < qty then
-    return {0, sku, on_hand - reserved}
+  local available = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if available < tonumber(ARGV[i + 1]) then
+    return {0, ARGV[i], available}
   end
 end
 for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], -ARGV[i + 1])
   redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
 end
