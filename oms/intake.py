@@ -18,7 +18,10 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+import routing
 from oms import placement
+from routing import RouteRequest
+from oms import metrics
 from oms.config import Settings
 from oms.db import Q
 from oms.domain import (
@@ -93,6 +96,7 @@ class IntakeService:
         strict: unknown SKUs / pickup stores are a 422 (trusted internal callers); otherwise
         (channel pushes) the line is backordered with the reason and the rest goes on.
         """
+        metrics.order_received(order.channel)
         key = claim_key(order.channel, order.external_id)
         # the claim holds the id the order will have: waiters find it in PostgreSQL once written
         order_id = new_id("o")
@@ -106,6 +110,7 @@ class IntakeService:
         if not created:  # stored before under another id (a claim lost with a Redis flush)
             await self.redis.set(key, view.id, ex=_CLAIM_TTL_S)
             view = await self.apply_update(view.id, order, cause)
+        metrics.observe_order(view, created)
         return view, created
 
     async def _drop_claim(self, key: str, value: str) -> None:
@@ -148,6 +153,7 @@ class IntakeService:
             async with conn.transaction():
                 await conn.execute(Q["order_set_channel_status"], order_id, str(order.status), order.updated_at)
         if order.status is ChannelStatus.CANCELLED:
+            metrics.order_cancelled(order.channel)
             return await cancel_order(self.pool, self.inventory, order_id, cause, reason=f"cancelled by {order.channel}")
         if order.status is ChannelStatus.PAID and row["status"] == OrderStatus.CREATED:
             return await self.allocate_existing(order_id, cause)
@@ -169,7 +175,7 @@ class IntakeService:
                     raise _Stale()
                 await set_status(conn, order_id, locked["status"], new_status, cause,
                                  reason=None if reserved else plan.reason, detail={"plan": plan.reason})
-                f_rows, r_rows = _fulfillment_rows(order_id, reserved, row["delivery_mode"])
+                f_rows, r_rows = _fulfillment_rows(order_id, reserved, datetime.now(timezone.utc))
                 if f_rows:
                     await conn.execute(Q["fulfillments_insert_many"], *[list(c) for c in zip(*f_rows)])
                     await conn.execute(Q["reservations_insert_many"], *[list(c) for c in zip(*r_rows)])
@@ -179,6 +185,7 @@ class IntakeService:
                 async with self.pool.acquire() as conn:
                     return await load_order(conn, order_id)
             raise
+        metrics.order_outcome(row["channel"], new_status)
         async with self.pool.acquire() as conn:
             return await load_order(conn, order_id)
 
@@ -219,14 +226,13 @@ class IntakeService:
             if pickup_problem:
                 plan_reason = pickup_problem
             elif need:
+                left = (promised_by - now).total_seconds() / 60 if promised_by else None
                 reserved, plan = await self.place(
-                    str(order.delivery_mode), order.destination.lat, order.destination.lng, order.pickup_node_id, need
+                    str(order.delivery_mode), order.destination.lat, order.destination.lng, order.pickup_node_id,
+                    need, minutes_left=left, approximate=order.destination.approximate, ref=order.external_id,
                 )
                 plan_reason = plan.reason
-                served = {(l.sku) for r in reserved for l in r.alloc.lines}
-                for i, l in enumerate(order.lines):
-                    if line_status[i] == "open" and l.sku not in served:
-                        line_status[i], line_reason[i] = "backordered", plan.reason
+                _mark_unserved(order.lines, line_status, line_reason, reserved, plan)
             else:
                 plan_reason = "; ".join(r for r in line_reason if r)
             status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
@@ -251,7 +257,7 @@ class IntakeService:
             ],
             history=[(order_id, None, str(status), cause, {"plan": plan_reason} if plan_reason else None)],
         )
-        rows.fulfillments, rows.reservations = _fulfillment_rows(order_id, reserved, str(order.delivery_mode))
+        rows.fulfillments, rows.reservations = _fulfillment_rows(order_id, reserved, now)
         try:
             created = await self.writer.write(rows)
         except Exception as exc:
@@ -281,26 +287,35 @@ class IntakeService:
         ), True
 
     # ---- choose and reserve ----------------------------------------------------------------
+    @metrics.timed_routing
     async def place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
-                     need: list[placement.PlanLine], exclude: frozenset[str] = frozenset()
-                     ) -> tuple[list[Reserved], placement.Placement]:
-        """Choose nodes and reserve there; a lost race re-routes without that node, a bounded number of times."""
+                    need: list[placement.PlanLine], exclude: frozenset[str] = frozenset(), *,
+                    minutes_left: float | None = None, approximate: bool = False, ref: str = ""
+                    ) -> tuple[list[Reserved], placement.Plan]:
+        """Plan with routing/ over fresh availability, then reserve at each planned node.
+
+        A reservation that loses a race (stock moved since the read) is released with the rest
+        and the order re-planned without that node, a bounded number of times.
+        """
         await self.nodes.refresh()
+        request = RouteRequest(ref=ref, mode=routing.Mode(mode), lat=lat, lng=lng, lines=tuple(need),
+                               pickup_node_id=pickup_node_id, minutes_left=minutes_left, approximate=approximate)
         skus = sorted({l.sku for l in need})
         lost: list[str] = []
         for _ in range(self.settings.reroute_attempts + 1):
-            cands = self.nodes.candidates(mode, lat, lng, pickup_node_id, exclude)
-            stock = await self.inventory.available([c for c, _ in cands], skus)
-            plan = placement.choose(cands, need, stock)
+            cands = self.nodes.candidates(request, exclude)
+            stock = await self.inventory.available(cands, skus)
+            plan = self.nodes.plan(request, stock, exclude)
             if not plan.allocations:
                 if lost:
-                    plan = placement.Placement((), plan.unserved, f"{plan.reason} (stock moved at {', '.join(lost)} meanwhile)", plan.strategy)
+                    plan = placement.no_plan(need, f"{plan.reason} (stock moved at {', '.join(lost)} meanwhile)")
                 return [], plan
             reserved: list[Reserved] = []
             for alloc in plan.allocations:
                 fid = new_id("f")
                 res = await self.inventory.reserve(alloc.node_id, fid, [(l.sku, l.quantity) for l in alloc.lines])
                 if not res.ok:
+                    metrics.reservation_failed(res.short_sku)
                     await self._release_all(reserved)
                     reserved = []
                     lost.append(alloc.node_id)
@@ -309,7 +324,7 @@ class IntakeService:
                 reserved.append(Reserved(fid, alloc))
             if reserved:
                 return reserved, plan
-        return [], placement.Placement((), tuple(need), f"stock moved at {', '.join(lost)} while routing; gave up after {len(lost)} tries", "none")
+        return [], placement.no_plan(need, f"stock moved at {', '.join(lost)} while routing; gave up after {len(lost)} tries")
 
     async def _release_all(self, reserved: list[Reserved]) -> None:
         for r in reserved:
@@ -323,11 +338,32 @@ class _Stale(Exception):
     """The order moved on while we routed it."""
 
 
-def _fulfillment_rows(order_id: str, reserved: list[Reserved], mode: str) -> tuple[list[tuple], list[tuple]]:
+def _fulfillment_rows(order_id: str, reserved: list[Reserved], now: datetime) -> tuple[list[tuple], list[tuple]]:
     f_rows, r_rows = [], []
     for r in reserved:
+        ready = r.alloc.ready_in_minutes
         f_rows.append((r.fulfillment_id, order_id, r.alloc.node_id, str(FulfillmentStatus.ALLOCATED),
-                       r.alloc.role, r.alloc.distance_m, None))
+                       str(r.alloc.role), r.alloc.distance_m,
+                       now + timedelta(minutes=ready) if ready is not None else None))
         for l in r.alloc.lines:
             r_rows.append((r.fulfillment_id, l.sku, order_id, r.alloc.node_id, l.quantity))
     return f_rows, r_rows
+
+
+def _mark_unserved(lines, line_status: list[str], line_reason: list[str | None],
+                   reserved: list[Reserved], plan: placement.Plan) -> None:
+    """Backorder the open lines the reservations do not cover, with routing's reason per SKU."""
+    served: dict[str, int] = {}
+    for r in reserved:
+        for l in r.alloc.lines:
+            served[l.sku] = served.get(l.sku, 0) + l.quantity
+    why = {u.sku: u.reason for u in plan.unserved}
+    for i, line in enumerate(lines):
+        if line_status[i] != "open":
+            continue
+        got = min(served.get(line.sku, 0), line.quantity)
+        served[line.sku] = served.get(line.sku, 0) - got
+        if got == 0:
+            line_status[i], line_reason[i] = "backordered", why.get(line.sku, plan.reason)
+        elif got < line.quantity:
+            line_reason[i] = f"{line.quantity - got} of {line.quantity} backordered: {why.get(line.sku, plan.reason)}"

@@ -141,7 +141,7 @@ RESERVATION_FAILURES = Counter(
     ["sku"],
 )
 STOCKOUTS = Counter(
-    "oms_stockouts", "Order lines of known SKUs that no eligible node could reserve (backordered), per SKU",
+    "oms_stockouts", "Order lines of known SKUs that could not be reserved in full (backordered or partly), per SKU",
     ["sku"],
 )
 ROUTING_SECONDS = Histogram(
@@ -183,7 +183,9 @@ def observe_order(order: Any, created: bool) -> None:
     try:
         order_outcome(order.channel, order.status)
         for line in order.lines:
-            if line.status == "backordered" and not (line.reason or "").startswith("unknown SKU"):
+            # backordered, or open with a reason: only partly served
+            short = line.status == "backordered" or (line.status == "open" and line.reason)
+            if short and not (line.reason or "").startswith("unknown SKU"):
                 STOCKOUTS.labels(line.sku).inc()
     except Exception:  # metrics never fail an order
         log.exception("could not record order metrics")

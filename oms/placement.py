@@ -1,111 +1,76 @@
-"""Where an order is served: the one place the service asks for a node choice.
+"""Where an order is served: the service's one door to the routing library.
 
-Interim until routing/ lands: the nearest eligible node that holds every line (straight
-distance). Intake calls only `NodeDirectory.candidates` and `choose`.
+`NodeDirectory` keeps the active nodes as a `routing.Network` (H3 index built once, reloaded
+when PostgreSQL's copy changes, picking queues refreshed every few seconds); intake asks it for
+the candidates whose stock to read, then for a plan over that snapshot.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 
 import asyncpg
-import msgspec
 
+import routing
 from oms.db import Q
+from routing import Allocation, Plan, RouteLine, RouteNode, RouteRequest
+
+__all__ = ["Allocation", "NodeDirectory", "Plan", "RouteLine", "no_plan"]
+
+# names intake and the store API use
+PlanLine = RouteLine
+PlanAllocation = Allocation
+Placement = Plan
+haversine_m = routing.distance_m
 
 
-class PlanLine(msgspec.Struct, frozen=True):
-    sku: str
-    quantity: int
-
-
-class PlanAllocation(msgspec.Struct, frozen=True):
-    node_id: str
-    lines: tuple[PlanLine, ...]
-    distance_m: float
-    role: str = "serve"
-
-
-class Placement(msgspec.Struct, frozen=True):
-    allocations: tuple[PlanAllocation, ...]
-    unserved: tuple[PlanLine, ...]
-    reason: str
-    strategy: str
-
-
-class DirNode(msgspec.Struct, frozen=True):
-    id: str
-    kind: str
-    lat: float
-    lng: float
-    capabilities: frozenset[str]
-    delivery_radius_m: int
-    capacity_per_hour: int
-    city: str | None
-
-
-def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lng2 - lng1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6_371_008.8 * math.asin(math.sqrt(a))
+def no_plan(lines: Sequence[RouteLine], reason: str) -> Plan:
+    """A plan that serves nothing, for reasons found before routing (unknown store, lost races)."""
+    unserved = tuple(routing.Unserved(l.sku, l.quantity, reason) for l in lines)
+    return Plan((), unserved, routing.Strategy.NONE, reason, 0.0)
 
 
 class NodeDirectory:
-    """Active nodes, cached per process and reloaded when PostgreSQL's copy changes."""
+    """Active nodes for this process; every process reloads from PostgreSQL on its own."""
 
-    def __init__(self, pool: asyncpg.Pool, max_age_s: float = 2.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_age_s: float = 2.0, load_age_s: float = 5.0,
+                 weights: routing.CostWeights | None = None) -> None:
         self.pool = pool
         self.max_age_s = max_age_s
-        self.nodes: dict[str, DirNode] = {}
+        self.load_age_s = load_age_s
+        self.weights = weights or routing.CostWeights()
+        self.nodes: dict[str, RouteNode] = {}
+        self.network = routing.Network(())
+        self._fingerprint: tuple = ()
         self._loaded_at = 0.0
+        self._loads_at = 0.0
 
     async def refresh(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._loaded_at < self.max_age_s:
-            return
-        rows = await self.pool.fetch(Q["nodes_all"])
-        self.nodes = {
-            r["id"]: DirNode(r["id"], r["kind"], r["lat"], r["lng"], frozenset(r["capabilities"]),
-                             r["delivery_radius_m"], r["capacity_per_hour"], r["city"])
-            for r in rows if r["active"]
-        }
-        self._loaded_at = time.monotonic()
+        now = time.monotonic()
+        if force or now - self._loaded_at >= self.max_age_s:
+            rows = await self.pool.fetch(Q["nodes_all"])
+            fingerprint = tuple(tuple(r.values()) for r in rows)
+            self._loaded_at = now
+            if fingerprint != self._fingerprint:  # rebuild the H3 index only when nodes changed
+                nodes = [
+                    RouteNode(id=r["id"], kind=routing.NodeKind(r["kind"]), lat=r["lat"], lng=r["lng"],
+                              capabilities=frozenset(r["capabilities"]), delivery_radius_m=r["delivery_radius_m"],
+                              capacity_per_hour=r["capacity_per_hour"], city=r["city"])
+                    for r in rows if r["active"]
+                ]
+                self.network = routing.Network(nodes)
+                self.nodes = {n.id: n for n in nodes}
+                self._fingerprint = fingerprint
+                self._loads_at = 0.0
+        if force or now - self._loads_at >= self.load_age_s:
+            loads = {r["node_id"]: r["n"] for r in await self.pool.fetch(Q["open_picks_per_node"])}
+            self.network = self.network.with_loads({nid: loads.get(nid, 0) for nid in self.nodes})
+            self._loads_at = now
 
-    def candidates(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
-                   exclude: frozenset[str] = frozenset(), limit: int = 30) -> list[tuple[str, float]]:
-        """Eligible nodes for the mode, nearest first (warehouses first for parcels)."""
-        out: list[tuple[tuple, str, float]] = []
-        for n in self.nodes.values():
-            if n.id in exclude:
-                continue
-            d = haversine_m(lat, lng, n.lat, n.lng)
-            if mode == "delivery":
-                if "delivery" in n.capabilities and d <= n.delivery_radius_m:
-                    out.append(((d, n.id), n.id, d))
-            elif mode == "pickup":
-                if n.id == pickup_node_id and "pickup" in n.capabilities:
-                    out.append(((0, n.id), n.id, d))
-            elif "ship" in n.capabilities:
-                out.append(((n.kind != "warehouse", d, n.id), n.id, d))
-        out.sort()
-        return [(nid, d) for _, nid, d in out[:limit]]
+    def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:
+        return self.network.candidates(request, exclude)
 
-
-def choose(candidates: Sequence[tuple[str, float]], lines: Sequence[PlanLine],
-           stock: Mapping[str, Mapping[str, int]]) -> Placement:
-    """The first candidate holding every line, else nothing with the reason why."""
-    need: dict[str, int] = {}
-    for line in lines:
-        need[line.sku] = need.get(line.sku, 0) + line.quantity
-    merged = tuple(PlanLine(s, q) for s, q in need.items())
-    for node_id, dist in candidates:
-        avail = stock.get(node_id, {})
-        if all(avail.get(s, 0) >= q for s, q in need.items()):
-            return Placement((PlanAllocation(node_id, merged, dist),), (), f"nearest node with full stock, {dist / 1000:.1f} km", "single")
-    if not candidates:
-        return Placement((), merged, "no eligible node for this delivery mode and destination", "none")
-    short = [s for s, q in need.items() if not any(stock.get(n, {}).get(s, 0) >= q for n, _ in candidates)]
-    reason = "no eligible node holds every line" + (f"; out of stock: {', '.join(short)}" if short else "")
-    return Placement((), merged, reason, "none")
+    def plan(self, request: RouteRequest, stock: Mapping[str, Mapping[str, int]],
+             exclude: frozenset[str] = frozenset()) -> Plan:
+        return routing.plan(self.network, request, stock, exclude, self.weights)

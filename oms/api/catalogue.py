@@ -14,7 +14,7 @@ from oms.api.auth import admin_guard
 from oms.db import Q
 from oms.domain import Node, NodeIn
 from oms.errors import InvalidInput, UnknownReference
-from oms.placement import haversine_m
+from routing import distance_m
 from oms.services import Services
 
 #: resolution of the H3 cell stored with each node (≈0.46 km edge; see routing/ for the index)
@@ -129,7 +129,7 @@ class CatalogueController(Controller):
             d = None
             if lat is not None and lng is not None:
                 n = nodes[lv.node_id]
-                d = round(haversine_m(lat, lng, n.lat, n.lng), 1)
+                d = round(distance_m(lat, lng, n.lat, n.lng), 1)
             out.append(StockOut(node_id=lv.node_id, sku=sku, on_hand=lv.on_hand, reserved=lv.reserved,
                                 available=lv.available, distance_m=d))
         out.sort(key=lambda s: (s.distance_m if s.distance_m is not None else 0, s.node_id))

@@ -42,3 +42,8 @@ select platform_sku_id, sku from sku_map where channel = $1;
 
 -- name: sku_map_delete
 delete from sku_map where channel = $1 and platform_sku_id = $2;
+
+-- name: open_picks_per_node
+-- Fulfilments waiting at each node (index fulfillments_by_node_status): the routing load penalty.
+select node_id, count(*)::int as n from fulfillments
+ where status in ('allocated', 'picked') group by node_id;
