@@ -68,19 +68,12 @@ class OrderWriter:
             self._workers -= 1
 
     async def _write_batch(self, batch: list[NewOrderRows]) -> list[bool]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            cols = list(zip(*(rows.order for rows in batch)))
-            inserted = {r["id"] for r in await conn.fetch(Q["orders_insert_many"], *cols)}
-            kept = [rows for rows in batch if rows.order_id in inserted]
-            for attr, query in (
-                ("lines", "order_lines_insert_many"),
-                ("fulfillments", "fulfillments_insert_many"),
-                ("reservations", "reservations_insert_many"),
-                ("history", "history_insert_many"),
-            ):
-                tuples = [t for rows in kept for t in getattr(rows, attr)]
-                if tuples:
-                    await conn.execute(Q[query], *[list(c) for c in zip(*tuples)])
+        args: list[list] = []
+        for attr, width in (("order", 19), ("lines", 9), ("fulfillments", 7), ("reservations", 5), ("history", 5)):
+            rows = [rows.order for rows in batch] if attr == "order" else [t for rows in batch for t in getattr(rows, attr)]
+            args += [list(col) for col in zip(*rows)] if rows else [[] for _ in range(width)]
+        async with self.pool.acquire() as conn:
+            inserted = {r["id"] for r in await conn.fetch(Q["orders_write_batch"], *args)}
         return [rows.order_id in inserted for rows in batch]
 
 

@@ -54,16 +54,28 @@ async def settings(server_urls) -> Settings:
     await admin.close()
     import redis.asyncio as aioredis
 
-    test_redis = _redis_db(redis_url, 15)
-    r = aioredis.Redis.from_url(test_redis)
-    await r.flushdb()
-    await r.aclose()
+    # a logical db of our own: sessions running side by side must not flush each other's stock
+    session_id = secrets.token_hex(8)
+    for db in range(15, 0, -1):
+        test_redis = _redis_db(redis_url, db)
+        r = aioredis.Redis.from_url(test_redis)
+        if await r.set("oms:test-session", session_id, nx=True, ex=3600):
+            await r.flushdb()
+            await r.set("oms:test-session", session_id, ex=3600)
+            await r.aclose()
+            break
+        await r.aclose()
+    else:
+        raise RuntimeError("no free Redis logical db (1-15) for this test session")
     yield Settings(database_url=_with_db(pg_url, dbname), redis_url=test_redis,
                    data_dir=Path(os.environ.get("OMS_DATA_DIR", ROOT / ".oms-test")).resolve(),
                    admin_token=ADMIN_TOKEN, write_batch_max=256, pg_pool_size=10)
     admin = await asyncpg.connect(pg_url)
     await admin.execute(f'drop database if exists "{dbname}" with (force)')
     await admin.close()
+    r = aioredis.Redis.from_url(test_redis)
+    await r.flushdb()
+    await r.aclose()
 
 
 @pytest_asyncio.fixture(scope="session")

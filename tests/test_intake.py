@@ -115,7 +115,9 @@ async def test_redis_flush_then_rebuild_restores_availability_and_still_no_overs
         assert (await world.post_order(world.order(f"fl-{i}", [(sku, 2)]))).json()["status"] == "allocated"
     before = await services.inventory.snapshot([node])
 
+    session = await services.redis.get("oms:test-session")
     await services.redis.flushdb()
+    await services.redis.set("oms:test-session", session, ex=3600)  # keep this db ours
     async with services.pool.acquire() as conn:
         assert not await inventory.in_step(conn, services.redis)
         await inventory.rebuild(conn, services.redis)

@@ -1,3 +1,43 @@
+-- name: orders_write_batch
+-- One statement, one round trip, one implicit transaction for a whole batch of new orders:
+-- orders that already exist for (channel, external_id) are skipped together with their children.
+-- Parameters: $1..$19 order columns, $20..$28 line columns, $29..$35 fulfilment columns,
+-- $36..$40 reservation columns, $41..$45 history columns (arrays, one element per row).
+with new_orders as (
+    insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
+                        dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
+                        promised_by, paid_at, total_fen, freight_fen, discount_fen, reason,
+                        channel_updated_at)
+    select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::jsonb[], $8::float8[], $9::float8[], $10::text[], $11::bool[],
+                         $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[],
+                         $16::bigint[], $17::bigint[], $18::text[], $19::timestamptz[])
+    on conflict (channel, external_id) do nothing
+    returning id
+), new_lines as (
+    insert into order_lines (order_id, line_no, sku, quantity, unit_price_fen, platform_line_id,
+                             platform_sku_id, status, reason)
+    select * from unnest($20::text[], $21::int[], $22::text[], $23::int[], $24::bigint[],
+                         $25::text[], $26::text[], $27::text[], $28::text[]) as t(o)
+     where t.o in (select id from new_orders)
+), new_fulfillments as (
+    insert into fulfillments (id, order_id, node_id, status, role, distance_m, ready_by)
+    select * from unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
+                         $34::float8[], $35::timestamptz[]) as t(f, o)
+     where t.o in (select id from new_orders)
+    returning id
+), new_reservations as (
+    insert into reservations (fulfillment_id, sku, order_id, node_id, quantity, state)
+    select f, s, o, n, q, 'reserved'
+      from unnest($36::text[], $37::text[], $38::text[], $39::text[], $40::int[]) as t(f, s, o, n, q)
+     where t.f in (select id from new_fulfillments)
+), new_history as (
+    insert into order_history (order_id, from_status, to_status, cause, detail)
+    select * from unnest($41::text[], $42::text[], $43::text[], $44::text[], $45::jsonb[]) as t(o)
+     where t.o in (select id from new_orders)
+)
+select id from new_orders;
+
 -- name: orders_insert_many
 -- Batch insert of new orders (one row per array element); an order that already exists for
 -- (channel, external_id) is skipped, and only the inserted ids come back.
