@@ -36,7 +36,7 @@ def build_bodies(n: int, seed: int, skus: list[str], hot: str, prefix: str) -> l
     rnd = random.Random(seed)
     out = []
     for i in range(n):
-        mode = "delivery" if rnd.random() < 0.7 else "ship"
+        mode = "delivery" if rnd.random() < 0.3 else "ship"
         lines = [{"sku": hot if rnd.random() < 0.05 else rnd.choice(skus), "quantity": 1, "unit_price": 9900}]
         if rnd.random() < 0.2:
             lines.append({"sku": rnd.choice(skus), "quantity": 1, "unit_price": 4900})
