@@ -86,6 +86,10 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True):
     #: the platform's own line / SKU ids, kept for refunds and the SKU mapping table
     platform_line_id: str | None = None
     platform_sku_id: str | None = None
+    #: set when the platform line had no merchant code and the SKU mapping table had no entry:
+    #: `sku` is then a placeholder "<channel>:<platform sku id>" and the core backorders the
+    #: line with this reason (the push is not rejected). Added by the channel adapters.
+    unmapped_reason: str | None = None
 
 
 class NormalizedOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,4 +149,7 @@ class ChannelEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime | None = None
     order: NormalizedOrder | None = None  # present once fetched (or when the push carries it)
     refunded_line_ids: list[str] = msgspec.field(default_factory=list)
+    #: money the event itself reports, in fen: WeChat Pay `amount.total` of a payment (the core
+    #: checks it against the order) or the refunded amount of a refund. Added by the adapters.
+    amount_fen: Fen | None = None
     raw: bytes = b""  # the exact bytes received, stored in the inbox
