@@ -102,7 +102,7 @@ class NormalizedOrder(msgspec.Struct, frozen=True, kw_only=True):
     lines: Annotated[list[OrderLine], msgspec.Meta(min_length=1, max_length=200)]
     status: ChannelStatus = ChannelStatus.PAID
     pickup_node_id: str | None = None
-    buyer: Buyer = Buyer()
+    buyer: Buyer = msgspec.field(default_factory=Buyer)
     total_fen: Fen | None = None  # what the buyer pays; defaults to the sum of lines
     freight_fen: Fen = 0
     discount_fen: Fen = 0

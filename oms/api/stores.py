@@ -1,3 +1,114 @@
-"""Store staff API (issue: store operations). Route handlers are listed in ROUTES."""
+"""Store staff API (issue: store operations). Route handlers are listed in ROUTES.
 
-ROUTES: list = []
+Admin: issue, list and revoke store tokens (`/nodes/{node_id}/tokens`).
+Store (that store's token only): pick list, picked, reject, shipped, pickup codes (`/stores/{node_id}/...`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from oms import stores
+from oms.api.auth import admin_guard, bearer
+from oms.errors import Forbidden, Unauthorized
+from oms.services import Services
+
+
+async def store_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """`/stores/{node_id}/...` needs that node's token: none or unknown 401, another store's 403."""
+    token = bearer(connection)
+    if token is None:
+        raise Unauthorized("missing store token: send 'Authorization: Bearer <token>'", field="authorization")
+    owner = await stores.token_owner(connection.app.state.services.pool, token)
+    if owner is None:
+        raise Unauthorized("unknown or revoked store token", field="authorization")
+    node_id = connection.path_params.get("node_id")
+    if owner != node_id:
+        raise Forbidden(f"this token is for store '{owner}'; it cannot see or act for store '{node_id}'",
+                        field="node_id")
+
+
+class TokenIn(msgspec.Struct, kw_only=True):
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class RejectLine(msgspec.Struct, frozen=True, kw_only=True):
+    sku: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+
+class RejectIn(msgspec.Struct, kw_only=True):
+    #: why: e.g. "out_of_stock" (the SKU's availability here goes to zero), "damaged", free text
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    #: which units; left out, all of this store's part is rejected
+    lines: Annotated[list[RejectLine], msgspec.Meta(max_length=200)] | None = None
+
+
+class StoreTokenController(Controller):
+    path = "/nodes/{node_id:str}/tokens"
+    guards = [admin_guard]
+    tags = ["store operations"]
+
+    @post("", status_code=201, summary="Issue a store token (shown once; only its hash is kept)")
+    async def issue(self, node_id: str, services: Services, data: TokenIn | None = None) -> stores.IssuedToken:
+        return await stores.issue_token(services.pool, node_id, data.label if data else "")
+
+    @get("", summary="A node's tokens (never the secrets)")
+    async def list_tokens(self, node_id: str, services: Services) -> list[stores.TokenInfo]:
+        return await stores.list_tokens(services.pool, node_id)
+
+    @delete("/{token_id:str}", status_code=204, summary="Revoke a store token (at once)")
+    async def revoke(self, node_id: str, token_id: str, services: Services) -> None:
+        await stores.revoke_token(services.pool, node_id, token_id)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    bare = etag.removeprefix("W/")
+    return any(t.strip() == "*" or t.strip().removeprefix("W/") == bare for t in header.split(","))
+
+
+class StoreController(Controller):
+    path = "/stores/{node_id:str}"
+    guards = [store_guard]
+    tags = ["store operations"]
+
+    @get("/picklist", summary="Work allocated here and not yet picked, most urgent first; ETag / If-None-Match")
+    async def picklist(self, node_id: str, request: Request, services: Services) -> Response[stores.PickList]:
+        await stores.expire_pickups_now_and_then(services, node_id)
+        now = stores.utcnow()
+        etag = await stores.pick_list_etag(services, node_id, now)
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(content=b"", status_code=304, headers=headers)
+        return Response(await stores.pick_list(services, node_id, now), headers=headers)
+
+    @post("/orders/{order_id:str}/picked", status_code=200,
+          summary="Picked: delivery ready for the courier; pickup ready, and a code goes to the buyer")
+    async def picked(self, node_id: str, order_id: str, services: Services) -> stores.StoreOrder:
+        return await stores.mark_picked(services, node_id, order_id)
+
+    @post("/orders/{order_id:str}/reject", status_code=200,
+          summary="Cannot serve (part of) it: units leave availability, re-routed in this request")
+    async def reject(self, node_id: str, order_id: str, data: RejectIn, services: Services) -> stores.StoreOrder:
+        lines = None if data.lines is None else [(l.sku, l.quantity) for l in data.lines]
+        return await stores.reject(services, node_id, order_id, data.reason, lines)
+
+    @post("/orders/{order_id:str}/shipped", status_code=200,
+          summary="The courier took it: reservation committed, on-hand down")
+    async def shipped(self, node_id: str, order_id: str, services: Services) -> stores.StoreOrder:
+        return await stores.mark_shipped(services, node_id, order_id)
+
+    @post("/pickups/{code:str}", status_code=200,
+          summary="The buyer collected with this code: wrong 404, used 409, too many wrong 429")
+    async def collect(self, node_id: str, code: str, services: Services) -> stores.StoreOrder:
+        return await stores.collect_pickup(services, node_id, code)
+
+
+ROUTES: list = [StoreTokenController, StoreController]

@@ -26,3 +26,5 @@ create index fulfillments_pickup_code on fulfillments (node_id, pickup_code)
 -- uncollected pickups by age, for expiry
 create index fulfillments_ready_since on fulfillments (picked_at)
     where status = 'ready_for_pickup';
+-- pickup orders by their store, for goods transferred in from other nodes
+create index orders_by_pickup_node on orders (pickup_node_id, status) where pickup_node_id is not null;

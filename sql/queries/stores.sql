@@ -60,7 +60,7 @@ select distinct node_id from fulfillments where order_id = $1 and (status = 'rej
 -- name: store_picklist
 -- The open work of one node with its lines, most urgent first (index fulfillments_by_node_status).
 select f.id, f.order_id, f.status, f.role, f.created_at, f.picked_at,
-       o.channel, o.external_id, o.delivery_mode, o.paid_at, o.promised_by,
+       o.channel, o.external_id, o.delivery_mode, o.paid_at, o.promised_by, o.pickup_node_id,
        coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity) order by r.sku)
                    from reservations r
                   where r.fulfillment_id = f.id and r.state = 'reserved'), '[]'::json) as lines
@@ -73,9 +73,27 @@ select f.id, f.order_id, f.status, f.role, f.created_at, f.picked_at,
 select count(*)::int as n,
        coalesce(md5(string_agg(f.id || ':' || f.status || ':' || extract(epoch from f.updated_at)::text,
                                ',' order by f.id)), '') as digest,
-       (select extract(epoch from n.updated_at)::text from nodes n where n.id = $1) as node_version
+       (select extract(epoch from n.updated_at)::text from nodes n where n.id = $1) as node_version,
+       (select coalesce(md5(string_agg(t.id || ':' || t.status || ':' || extract(epoch from t.updated_at)::text,
+                                       ',' order by t.id)), '')
+          from orders o join fulfillments t on t.order_id = o.id
+         where o.pickup_node_id = $1 and o.status in ('allocated', 'picking', 'picked')
+           and t.role = 'transfer' and t.status in ('allocated', 'picked', 'shipped')) as incoming
   from fulfillments f
  where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup');
+
+-- name: store_incoming_transfers
+-- Goods on their way to this pickup store from other nodes, until the order is ready here
+-- (index orders_by_pickup_node).
+select t.id, t.order_id, t.node_id as from_node_id, t.status, t.created_at, t.handed_over_at,
+       o.channel, o.external_id, o.paid_at,
+       coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity) order by r.sku)
+                   from reservations r
+                  where r.fulfillment_id = t.id and r.state in ('reserved', 'committed')), '[]'::json) as lines
+  from orders o join fulfillments t on t.order_id = o.id
+ where o.pickup_node_id = $1 and o.status in ('allocated', 'picking', 'picked')
+   and t.role = 'transfer' and t.status in ('allocated', 'picked', 'shipped')
+ order by t.created_at, t.id;
 
 -- name: store_pickup_by_code
 -- A code at a store: the open pickup holding it first, else the latest one that used it.
@@ -89,3 +107,39 @@ select id, order_id, status from fulfillments
 select distinct order_id from fulfillments
  where status = 'ready_for_pickup' and picked_at < $1 and ($2::text is null or node_id = $2)
  limit $3;
+
+-- name: store_fulfillment_by_id
+select id, order_id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason
+  from fulfillments where id = $1;
+
+-- name: store_fulfillment_by_id_for_update
+select id, order_id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason
+  from fulfillments where id = $1 for update;
+
+-- name: store_pickup_code_recent
+-- Was this code given out at this store lately (open, or used within $3)? Such codes are not reissued,
+-- so an old code never opens a new order.
+select exists (select 1 from fulfillments
+                where node_id = $1 and pickup_code = $2
+                  and (status = 'ready_for_pickup' or updated_at > now() - $3::interval));
+
+-- name: store_order_set_reason
+-- The order's reason changes while its status does not (part of it backordered).
+update orders set reason = $2, updated_at = now() where id = $1;
+
+-- name: store_stock_zero_available
+-- "Out of stock" at a node: on-hand falls to what other open reservations still hold there,
+-- so nothing more is offered from it (and nothing held is oversold); returns the new on-hand.
+update stock s
+   set on_hand = least(s.on_hand, coalesce((select sum(r.quantity) from reservations r
+                                             where r.node_id = s.node_id and r.sku = s.sku
+                                               and r.state = 'reserved'), 0)),
+       updated_at = now()
+ where s.node_id = $1 and s.sku = $2
+returning on_hand;
+
+-- name: store_stock_get_for_update
+select on_hand from stock where node_id = $1 and sku = $2 for update;
+
+-- name: store_stock_get
+select on_hand from stock where node_id = $1 and sku = $2;
