@@ -163,6 +163,11 @@ async def test_delivery_order_picked_shipped_commits_stock(world, services):
     assert [(a, b) for a, b, _ in steps(done)] == [(None, "allocated"), ("allocated", "picked"), ("picked", "shipped")]
     assert [c for _, _, c in steps(done)][1:] == ["store:picked", "store:shipped"]
     assert on_list((await near.picklist()).json()["awaiting_handover"], order["id"]) is None
+    # too late to cancel once handed over: 409 naming the status, nothing moves
+    r = await world.c.post(f"/orders/{order['id']}/cancel", json={})
+    assert r.status_code == 409 and r.json()["current"] == "shipped", r.text
+    assert (await get_order(world.c, order["id"]))["status"] == "shipped"
+    assert (await level(world.c, tea, near.id))["on_hand"] == 3
     await assert_consistent(services, [near.id, far.id])
 
 
