@@ -31,7 +31,21 @@ def minutes_left(promised_by: datetime | None, status: str, now: datetime | None
     return round((promised_by - now).total_seconds() / 60, 1)
 
 
-def order_from_rows(row, lines, fulfillments, reservations, history=None, *, with_codes: bool = True) -> Order:
+#: nominal minutes to pick one order when the store's queue is unknown (the pick list knows better)
+PICK_MINUTES = 10
+
+
+def at_risk(left: float | None, status: str, mode: str, courier_minutes: int) -> bool:
+    """True when a delivery cannot make its promise unless it moves now."""
+    if left is None or mode != "delivery":
+        return False
+    if status == OrderStatus.PICKED:
+        return left < courier_minutes
+    return status in (OrderStatus.ALLOCATED, OrderStatus.PICKING) and left < courier_minutes + PICK_MINUTES
+
+
+def order_from_rows(row, lines, fulfillments, reservations, history=None, *, with_codes: bool = True,
+                    courier_minutes: int = 25) -> Order:
     by_f: dict[str, list[FulfillmentLine]] = {}
     for r in reservations:
         by_f.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
@@ -65,7 +79,8 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
         total_fen=row["total_fen"],
         paid_at=row["paid_at"],
         promised_by=row["promised_by"],
-        minutes_left=minutes_left(row["promised_by"], row["status"]),
+        minutes_left=(left := minutes_left(row["promised_by"], row["status"])),
+        at_risk=at_risk(left, row["status"], row["delivery_mode"], courier_minutes),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         history=None if history is None else [
@@ -76,7 +91,8 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
     )
 
 
-async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool = True) -> Order:
+async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool = True,
+                     courier_minutes: int = 25) -> Order:
     row = await conn.fetchrow(Q["order_by_id"], order_id)
     if row is None:
         raise NotFound(f"no order with id '{order_id}'", field="id")
@@ -86,6 +102,7 @@ async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool =
         await conn.fetch(Q["fulfillments_by_order"], order_id),
         await conn.fetch(Q["reservations_by_order"], order_id),
         await conn.fetch(Q["history_by_order"], order_id) if history else None,
+        courier_minutes=courier_minutes,
     )
 
 

@@ -195,3 +195,20 @@ async def test_unpaid_order_reserves_nothing_until_paid(world, services):
     # an older status arriving late does not move it back
     late = await world.post_order(body)
     assert late.json()["status"] == "allocated"
+
+
+async def test_order_view_shows_minutes_left_and_flags_a_late_delivery_at_risk(world, client):
+    from datetime import datetime, timedelta, timezone
+
+    node = await world.node("risk", HOT_LAT, HOT_LNG)
+    sku = await world.sku("risk")
+    await world.stock(node, sku, 5)
+    now = datetime.now(timezone.utc)
+    fresh = (await world.post_order(world.order("fresh", [(sku, 1)], paid_at=now.isoformat()))).json()
+    late = (await world.post_order(world.order("late", [(sku, 1)], paid_at=(now - timedelta(minutes=30)).isoformat()))).json()
+
+    fresh_view = (await client.get(f"/orders/{fresh['id']}")).json()
+    late_view = (await client.get(f"/orders/{late['id']}")).json()
+    assert fresh_view["status"] == late_view["status"] == "allocated"
+    assert 58 < fresh_view["minutes_left"] <= 60 and fresh_view["at_risk"] is False
+    assert 28 < late_view["minutes_left"] <= 30 and late_view["at_risk"] is True

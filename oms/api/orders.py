@@ -38,7 +38,7 @@ class OrderController(Controller):
     @get("/{order_id:str}", summary="One order with its fulfilments and history")
     async def get_order(self, order_id: str, services: Services) -> Order:
         async with services.pool.acquire() as conn:
-            return await load_order(conn, order_id)
+            return await load_order(conn, order_id, courier_minutes=services.settings.courier_minutes)
 
     @get("", summary="Orders, newest first; filter by channel, external_id, status")
     async def list(
