@@ -213,3 +213,15 @@ async def test_order_view_shows_minutes_left_and_flags_a_late_delivery_at_risk(w
     assert fresh_view["status"] == late_view["status"] == "allocated"
     assert 58 < fresh_view["minutes_left"] <= 60 and fresh_view["at_risk"] is False
     assert 28 < late_view["minutes_left"] <= 30 and late_view["at_risk"] is True
+
+
+async def test_start_up_check_repairs_redis_out_of_step_with_postgres(world, services):
+    node = await world.node("drift", HOT_LAT, HOT_LNG)
+    sku = await world.sku("drift")
+    await world.stock(node, sku, 6)
+    await world.post_order(world.order("drift-1", [(sku, 2)]))
+    await services.redis.hset(inventory.avail_key(node), sku, 50)  # e.g. restored from an old snapshot
+
+    async with services.pool.acquire() as conn:
+        assert await inventory.ensure_in_step(conn, services.redis) is True
+    assert await _availability(services, node, sku) == 4
