@@ -75,6 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(OMS_DATABASE_URL=db_url, OMS_REDIS_URL=redis_url, OMS_ADMIN_TOKEN=settings.admin_token)
     asyncio.run(_with_services(lambda s: asyncio.sleep(0)))  # migrate + inventory check
     os.environ["OMS_PREPARED"] = "1"
+    if args.workers > 1:  # one Prometheus directory for every worker: /metrics reports one truth
+        from oms import metrics
+
+        metrics.use_multiprocess_dir()
     print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
     try:
         uvicorn.run("oms.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
@@ -86,6 +90,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if embedded_in_use[1]:
                 embedded.stop_redis(settings.data_dir)
     return 0
+
+
+def cmd_channels(args: argparse.Namespace) -> int:
+    import logging
+
+    from oms.channel_intake import run_channel_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run_channel_worker(args.channel))
 
 
 def cmd_stop_embedded(_: argparse.Namespace) -> int:
@@ -114,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     sd.set_defaults(fn=cmd_seed_demo)
     sub.add_parser("rebuild-inventory", help="recompute Redis availability from PostgreSQL").set_defaults(fn=cmd_rebuild_inventory)
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis").set_defaults(fn=cmd_stop_embedded)
+    ch = sub.add_parser("channels", help="run a channel worker: tmall (TMC consumer) or jd (order poller)")
+    ch.add_argument("channel", choices=["tmall", "jd"])
+    ch.set_defaults(fn=cmd_channels)
     args = p.parse_args(argv)
     return args.fn(args)
 

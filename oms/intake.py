@@ -153,7 +153,6 @@ class IntakeService:
             async with conn.transaction():
                 await conn.execute(Q["order_set_channel_status"], order_id, str(order.status), order.updated_at)
         if order.status is ChannelStatus.CANCELLED:
-            metrics.order_cancelled(order.channel)
             return await cancel_order(self.pool, self.inventory, order_id, cause, reason=f"cancelled by {order.channel}")
         if order.status is ChannelStatus.PAID and row["status"] == OrderStatus.CREATED:
             return await self.allocate_existing(order_id, cause)

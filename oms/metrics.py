@@ -72,9 +72,12 @@ def _remove_stale_dirs(root: Path) -> None:
 def use_multiprocess_dir(path: str | os.PathLike | None = None, *, fresh: bool = True) -> str:
     """Point this process (and the workers it starts) at one metrics directory.
 
-    For the process that starts workers, before it starts them and before prometheus_client
-    is imported: `oms serve` can call `oms.metrics.use_multiprocess_dir()` ahead of
-    `uvicorn.run(...)`. `fresh` empties the directory (counters restart with the server).
+    For the process that starts workers, before it starts them: `oms serve --workers N` (N > 1)
+    can call `oms.metrics.use_multiprocess_dir()` ahead of `uvicorn.run(...)`; the workers
+    inherit the variable. `fresh` empties the directory (counters restart with the server).
+    A process that imported prometheus_client before the variable was set keeps its metrics in
+    memory and reports them from there (see multiprocess_dir), so calling this in a process that
+    then serves by itself is harmless.
     """
     if path is None:
         pid = os.getpid()
@@ -89,7 +92,9 @@ def use_multiprocess_dir(path: str | os.PathLike | None = None, *, fresh: bool =
 
 def _auto_multiprocess_dir() -> None:
     """A worker of `oms serve --workers N` with no directory configured: share the parent's."""
-    if os.environ.get(_ENV) or os.environ.get("prometheus_multiproc_dir"):
+    configured = os.environ.get(_ENV) or os.environ.get("prometheus_multiproc_dir")
+    if configured:  # the operator's choice; prometheus_client needs it to exist
+        Path(configured).mkdir(parents=True, exist_ok=True)
         return
     if os.environ.get("OMS_PREPARED") != "1":
         return
@@ -121,6 +126,7 @@ from prometheus_client import (  # noqa: E402
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as _values  # noqa: E402
 from prometheus_client.metrics_core import Metric  # noqa: E402
 
 # ---- the metrics -------------------------------------------------------------------------
@@ -226,6 +232,10 @@ def timed_routing(fn: F) -> F:
 # ---- exposition ------------------------------------------------------------------------------
 
 def multiprocess_dir() -> str | None:
+    """The shared directory, when this process's metrics really are written there (the variable
+    was set before prometheus_client was imported); None: this process's memory is the truth."""
+    if _values.ValueClass is _values.MutexValue:
+        return None
     return os.environ.get(_ENV) or os.environ.get("prometheus_multiproc_dir") or None
 
 

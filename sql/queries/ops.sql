@@ -29,12 +29,26 @@ select channel,
 select count(*)::bigint from orders where status = 'backordered';
 
 -- name: ops_backorder_reasons
--- Why orders are waiting in backorder now, most common first.
-select coalesce(reason, '(no reason recorded)') as reason, count(*)::bigint as orders, max(created_at) as latest
-  from orders
- where status = 'backordered'
- group by coalesce(reason, '(no reason recorded)')
- order by orders desc, latest desc
+-- Why orders are waiting in backorder now, most common first. Reasons are grouped by kind: the
+-- text before the first ': ' (what follows lists SKUs or nodes), without asides in brackets or the
+-- nodes after "stock moved at", with quoted names and numbers blanked; `example` is the latest
+-- full reason of the group.
+with b as (
+    select regexp_replace(regexp_replace(regexp_replace(regexp_replace(
+               split_part(coalesce(reason, 'no reason recorded'), ': ', 1),
+               '\s*\([^)]*\)', '', 'g'),
+               'stock moved at [^;]*?(while|;|$)', 'stock moved \1', 'g'),
+               '''[^'']*''', '''…''', 'g'),
+               '-?\d+(\.\d+)?', 'N', 'g') as kind,
+           reason, created_at
+      from orders
+     where status = 'backordered'
+)
+select kind as reason, count(*)::bigint as orders,
+       (array_agg(reason order by created_at desc))[1] as example
+  from b
+ group by kind
+ order by orders desc, kind
  limit $1;
 
 -- name: ops_backorders_recent

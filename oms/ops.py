@@ -1,0 +1,461 @@
+"""The ops summary: what the sale looks like right now, read from PostgreSQL and Redis.
+
+Nothing here comes from one process's memory, so every worker answers the same: order counts,
+GMV, backorders and store load are queries (sql/queries/ops.sql), routing p50/p99 come from
+the Redis list every process pushes its decision times to (oms.metrics.record_routing), and
+the oversell check reads both PostgreSQL (the system of record) and Redis availability.
+
+The summary is cached in Redis for a second (SUMMARY_CACHE_MS), so a room full of wall screens
+and several workers cost PostgreSQL one set of queries per second, not one per screen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections import OrderedDict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import h3
+import msgspec
+from prometheus_client.core import GaugeMetricFamily
+
+from oms import metrics
+from oms.db import Q
+from oms.inventory import Inventory
+from oms.placement import haversine_m
+
+#: the day of a sale starts at midnight China time (no daylight saving there)
+SALE_TZ = timezone(timedelta(hours=8))
+WINDOW_MINUTES = 60
+#: minutes to pick one order once a picker gets to it (Settings.picking_minutes when present)
+PICKING_MINUTES = 5.0
+#: picks per hour assumed for a node whose capacity_per_hour is 0 (not set)
+DEFAULT_CAPACITY_PER_HOUR = 30
+SUMMARY_CACHE_KEY = "ops:summary:v1"
+SUMMARY_CACHE_MS = 1000
+MAP_RADIUS_M = 60_000
+
+
+# ---- the shapes -----------------------------------------------------------------------------
+
+class Totals(msgspec.Struct, kw_only=True):
+    orders: int = 0
+    gmv_fen: int = 0
+    accepted: int = 0
+    backordered: int = 0
+    cancelled: int = 0
+
+
+class ChannelTotals(Totals, kw_only=True):
+    channel: str
+
+
+class OrdersPerMinute(msgspec.Struct, kw_only=True):
+    """`minutes[i]` is the start of minute i (UTC); `series[channel][i]` the orders created in it."""
+
+    minutes: list[datetime]
+    series: dict[str, list[int]]
+    total: list[int]
+    gmv_fen: list[int]
+
+
+class BackorderReason(msgspec.Struct, kw_only=True):
+    reason: str  # the kind of reason (names and lists taken out)
+    orders: int
+    example: str | None = None  # the latest full reason of this kind
+
+
+class Backorder(msgspec.Struct, kw_only=True):
+    order_id: str
+    channel: str
+    external_id: str
+    reason: str | None
+    created_at: datetime
+
+
+class Backorders(msgspec.Struct, kw_only=True):
+    open: int
+    reasons: list[BackorderReason]
+    recent: list[Backorder]
+
+
+class OutOfStock(msgspec.Struct, kw_only=True):
+    sku: str
+    name: str
+    lines: int
+    units: int
+    orders: int
+    available_now: int
+
+
+class StoreLoad(msgspec.Struct, kw_only=True):
+    node_id: str
+    name: str
+    kind: str
+    city: str | None
+    lat: float
+    lng: float
+    capacity_per_hour: int
+    open_picks: int = 0
+    to_pick: int = 0
+    picked: int = 0
+    at_risk: int = 0
+    late: int = 0
+
+
+class AtRisk(msgspec.Struct, kw_only=True):
+    order_id: str
+    fulfillment_id: str
+    channel: str
+    external_id: str
+    delivery_mode: str
+    node_id: str
+    node_name: str
+    status: str
+    promised_by: datetime
+    minutes_left: float
+    pick_minutes: float
+
+
+class Routing(msgspec.Struct, kw_only=True):
+    samples: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+class OversoldPair(msgspec.Struct, kw_only=True):
+    node_id: str
+    sku: str
+    on_hand: int
+    reserved: int
+
+
+class Oversell(msgspec.Struct, kw_only=True):
+    """`count`: (node, SKU) pairs with reserved + committed > on-hand in PostgreSQL (must be 0);
+    `redis_count`: the same check on Redis availability. `ok` only when both are 0."""
+
+    ok: bool
+    count: int
+    postgres: list[OversoldPair]
+    redis_count: int
+    redis: list[OversoldPair]
+
+
+class Assumptions(msgspec.Struct, kw_only=True):
+    delivery_promise_minutes: int
+    courier_minutes: int
+    picking_minutes: float
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    generated_at: datetime
+    since: datetime
+    window_minutes: int
+    totals: Totals
+    last_hour: Totals
+    channels: list[ChannelTotals]
+    orders_per_minute: OrdersPerMinute
+    backorders: Backorders
+    out_of_stock: list[OutOfStock]
+    stores: list[StoreLoad]
+    open_picks: int
+    at_risk_total: int
+    at_risk: list[AtRisk]
+    routing: Routing
+    oversell: Oversell
+    map_version: str
+    assumptions: Assumptions
+
+
+class MapCell(msgspec.Struct, kw_only=True):
+    h: str  # H3 cell
+    n: list[str]  # the nodes whose area it is: the nearest store(s) delivering there (ties share it)
+    b: list[tuple[float, float]]  # boundary, (lat, lng)
+
+
+class MapNode(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    kind: str
+    lat: float
+    lng: float
+
+
+class CityMap(msgspec.Struct, kw_only=True):
+    version: str
+    resolution: int
+    center: tuple[float, float]
+    cells: list[MapCell]
+    nodes: list[MapNode]
+    #: active nodes too far from this city to draw (another city)
+    elsewhere: int
+
+
+# ---- the summary ------------------------------------------------------------------------------
+
+def day_start(now: datetime) -> datetime:
+    local = now.astimezone(SALE_TZ)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def picking_minutes(settings: Any) -> float:
+    return float(getattr(settings, "picking_minutes", PICKING_MINUTES))
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def routing_stats(redis: Any) -> Routing:
+    raw = await redis.lrange(metrics.ROUTING_SAMPLES_KEY, 0, -1)
+    vals = sorted(float(v) for v in raw)
+    return Routing(samples=len(vals), p50_ms=percentile(vals, 50), p99_ms=percentile(vals, 99),
+                   max_ms=vals[-1] if vals else None)
+
+
+async def redis_oversold(inventory: Inventory, node_ids: list[str]) -> list[OversoldPair]:
+    """(node, SKU) pairs whose Redis reserved count exceeds the Redis on-hand."""
+    if not node_ids:
+        return []
+    snap = await inventory.snapshot(node_ids)
+    return [OversoldPair(node_id=n, sku=s, on_hand=o, reserved=r)
+            for (n, s), (o, r) in sorted(snap.items()) if r > o]
+
+
+async def postgres_oversold(conn: Any) -> list[OversoldPair]:
+    return [OversoldPair(node_id=r["node_id"], sku=r["sku"], on_hand=r["on_hand"], reserved=r["reserved"])
+            for r in await conn.fetch(Q["ops_oversold_pairs"])]
+
+
+def _load_args(settings: Any, now: datetime) -> tuple:
+    return (now, int(settings.courier_minutes), picking_minutes(settings), DEFAULT_CAPACITY_PER_HOUR)
+
+
+async def build_summary(services: Any, *, since: datetime | None = None, city: str | None = None,
+                        now: datetime | None = None) -> Summary:
+    settings = services.settings
+    now = now or datetime.now(timezone.utc)
+    since = since or day_start(now)
+    minute0 = now.replace(second=0, microsecond=0) - timedelta(minutes=WINDOW_MINUTES - 1)
+    load_args = _load_args(settings, now)
+    async with services.pool.acquire() as conn:
+        channel_rows = await conn.fetch(Q["ops_channel_totals"], since)
+        minute_rows = await conn.fetch(Q["ops_orders_per_minute"], minute0)
+        backordered_open = await conn.fetchval(Q["ops_backordered_count"])
+        reasons = await conn.fetch(Q["ops_backorder_reasons"], 8)
+        recent = await conn.fetch(Q["ops_backorders_recent"], 10)
+        oos = await conn.fetch(Q["ops_top_out_of_stock"], since, 10)
+        load = {r["node_id"]: r for r in await conn.fetch(Q["ops_store_load"], *load_args)}
+        at_risk = await conn.fetch(Q["ops_at_risk"], *load_args, 50)
+        nodes = await conn.fetch(Q["nodes_all"])
+        pg_oversold = await postgres_oversold(conn)
+    node_ids = [n["id"] for n in nodes]
+    active = [n for n in nodes if n["active"]]
+    rd_oversold = await redis_oversold(services.inventory, node_ids)
+    routing = await routing_stats(services.redis)
+    available: dict[str, int] = {}
+    if oos and active:
+        avail = await services.inventory.available([n["id"] for n in active], [r["sku"] for r in oos])
+        for per_node in avail.values():
+            for sku, a in per_node.items():
+                available[sku] = available.get(sku, 0) + max(a, 0)
+
+    channels = [ChannelTotals(channel=r["channel"], orders=r["orders"], gmv_fen=r["gmv_fen"], accepted=r["accepted"],
+                              backordered=r["backordered"], cancelled=r["cancelled"]) for r in channel_rows]
+    totals = Totals(**{f: sum(getattr(c, f) for c in channels)
+                       for f in ("orders", "gmv_fen", "accepted", "backordered", "cancelled")})
+
+    minutes = [minute0 + timedelta(minutes=i) for i in range(WINDOW_MINUTES)]
+    index = {m: i for i, m in enumerate(minutes)}
+    series: dict[str, list[int]] = {c.channel: [0] * WINDOW_MINUTES for c in channels}
+    total_pm, gmv_pm = [0] * WINDOW_MINUTES, [0] * WINDOW_MINUTES
+    for r in minute_rows:
+        i = index.get(r["minute"].astimezone(timezone.utc))
+        if i is None:
+            continue
+        series.setdefault(r["channel"], [0] * WINDOW_MINUTES)[i] += r["orders"]
+        total_pm[i] += r["orders"]
+        gmv_pm[i] += r["gmv_fen"]
+
+    stores = []
+    for n in active:
+        l = load.get(n["id"])
+        stores.append(StoreLoad(
+            node_id=n["id"], name=n["name"], kind=n["kind"], city=n["city"], lat=n["lat"], lng=n["lng"],
+            capacity_per_hour=n["capacity_per_hour"],
+            **({k: l[k] for k in ("open_picks", "to_pick", "picked", "at_risk", "late")} if l else {}),
+        ))
+    stores.sort(key=lambda s: (-s.open_picks, -s.at_risk, s.node_id))
+
+    return Summary(
+        generated_at=now,
+        since=since,
+        window_minutes=WINDOW_MINUTES,
+        totals=totals,
+        last_hour=Totals(orders=sum(total_pm), gmv_fen=sum(gmv_pm)),
+        channels=channels,
+        orders_per_minute=OrdersPerMinute(minutes=minutes, series=dict(sorted(series.items())),
+                                          total=total_pm, gmv_fen=gmv_pm),
+        backorders=Backorders(
+            open=backordered_open,
+            reasons=[BackorderReason(reason=r["reason"], orders=r["orders"], example=r["example"]) for r in reasons],
+            recent=[Backorder(order_id=r["id"], channel=r["channel"], external_id=r["external_id"],
+                              reason=r["reason"], created_at=r["created_at"]) for r in recent],
+        ),
+        out_of_stock=[OutOfStock(sku=r["sku"], name=r["name"], lines=r["lines"], units=r["units"], orders=r["orders"],
+                                 available_now=available.get(r["sku"], 0)) for r in oos],
+        stores=stores,
+        open_picks=sum(r["open_picks"] for r in load.values()),
+        at_risk_total=sum(r["at_risk"] for r in load.values()),
+        at_risk=[AtRisk(order_id=r["order_id"], fulfillment_id=r["fulfillment_id"], channel=r["channel"],
+                        external_id=r["external_id"], delivery_mode=r["delivery_mode"], node_id=r["node_id"],
+                        node_name=r["node_name"], status=r["status"], promised_by=r["promised_by"],
+                        minutes_left=round(r["minutes_left"], 1), pick_minutes=round(r["pick_minutes"], 1))
+                 for r in at_risk],
+        routing=routing,
+        oversell=Oversell(ok=not pg_oversold and not rd_oversold, count=len(pg_oversold), postgres=pg_oversold,
+                          redis_count=len(rd_oversold), redis=rd_oversold),
+        map_version=map_version(active, city),
+        assumptions=Assumptions(delivery_promise_minutes=settings.delivery_promise_minutes,
+                                courier_minutes=settings.courier_minutes,
+                                picking_minutes=picking_minutes(settings)),
+    )
+
+
+async def summary_json(services: Any, *, since: datetime | None = None, city: str | None = None,
+                       fresh: bool = False) -> bytes:
+    """The summary as JSON; the default view is shared through Redis for SUMMARY_CACHE_MS."""
+    cacheable = since is None and city is None
+    if cacheable and not fresh:
+        cached = await services.redis.get(SUMMARY_CACHE_KEY)
+        if cached:
+            return cached
+    body = msgspec.json.encode(await build_summary(services, since=since, city=city))
+    if cacheable:
+        await services.redis.set(SUMMARY_CACHE_KEY, body, px=SUMMARY_CACHE_MS)
+    return body
+
+
+# ---- the city map ----------------------------------------------------------------------------
+
+def _fingerprint(active_nodes: list[Any], city: str | None) -> str:
+    h = hashlib.sha1((city or "").encode())
+    for n in sorted(active_nodes, key=lambda n: n["id"]):
+        h.update(f"|{n['id']}:{n['kind']}:{n['lat']:.6f}:{n['lng']:.6f}:{n['delivery_radius_m']}:{n['name']}:"
+                 f"{n['city']}:{','.join(sorted(n['capabilities']))}".encode())
+    return h.hexdigest()[:16]
+
+
+def map_version(active_nodes: list[Any], city: str | None = None) -> str:
+    return _fingerprint(active_nodes, city)
+
+
+_MAP_CACHE: "OrderedDict[str, CityMap]" = OrderedDict()
+
+
+def city_map(active_nodes: list[Any], city: str | None = None) -> CityMap:
+    """The city as H3 hexagons: a cell with stores in it is theirs; any other cell within a store's
+    delivery radius belongs to the nearest such store. Colouring cells by their stores' open
+    picks shows the load over the city.
+
+    The city is the stores around the median store position (within MAP_RADIUS_M), or those of
+    `city` when named; nodes farther away (another city) are counted in `elsewhere`. The result
+    depends only on the node list, so it is cached by its fingerprint (the version).
+    """
+    version = _fingerprint(active_nodes, city)
+    if version in _MAP_CACHE:
+        return _MAP_CACHE[version]
+    nodes = [n for n in active_nodes if city is None or (n["city"] or "").lower() == city.lower()]
+    stores = [n for n in nodes if n["kind"] == "store"] or nodes
+    if not stores:
+        result = CityMap(version=version, resolution=7, center=(0.0, 0.0), cells=[], nodes=[],
+                         elsewhere=len(active_nodes))
+    else:
+        center = (statistics.median(n["lat"] for n in stores), statistics.median(n["lng"] for n in stores))
+        near = [n for n in nodes if haversine_m(center[0], center[1], n["lat"], n["lng"]) <= MAP_RADIUS_M]
+        near_stores = [n for n in near if n["kind"] == "store"]
+        extent = max((haversine_m(center[0], center[1], n["lat"], n["lng"]) for n in near), default=0.0)
+        res = 8 if extent < 6_000 else 7
+        step_m = h3.average_hexagon_edge_length(res, "m") * math.sqrt(3)  # centre to centre
+        owner: dict[str, tuple[float, list[str]]] = {}
+        home: dict[str, list[str]] = {}  # a store's own cell is always its (shared with stores in it)
+        for n in near_stores:
+            home.setdefault(h3.latlng_to_cell(n["lat"], n["lng"], res), []).append(n["id"])
+        for cell, ids in home.items():
+            owner[cell] = (-1.0, ids)
+        for n in near_stores:
+            radius = n["delivery_radius_m"] if "delivery" in n["capabilities"] else 0
+            k = max(0, min(3 if res == 7 else 5, round(radius / step_m)))
+            for cell in h3.grid_disk(h3.latlng_to_cell(n["lat"], n["lng"], res), k):
+                if cell in home:
+                    continue
+                clat, clng = h3.cell_to_latlng(cell)
+                d = haversine_m(clat, clng, n["lat"], n["lng"])
+                best = owner.get(cell)
+                if best is None or d < best[0] - 1.0:
+                    owner[cell] = (d, [n["id"]])
+                elif d <= best[0] + 1.0:  # as near as the best (stores in one place): they share it
+                    best[1].append(n["id"])
+        cells = [MapCell(h=c, n=sorted(ids), b=[(round(a, 5), round(b, 5)) for a, b in h3.cell_to_boundary(c)])
+                 for c, (_, ids) in sorted(owner.items())]
+        result = CityMap(
+            version=version, resolution=res, center=(round(center[0], 6), round(center[1], 6)), cells=cells,
+            nodes=[MapNode(id=n["id"], name=n["name"], kind=n["kind"], lat=n["lat"], lng=n["lng"]) for n in near],
+            elsewhere=len(active_nodes) - len(near),
+        )
+    _MAP_CACHE[version] = result
+    while len(_MAP_CACHE) > 8:
+        _MAP_CACHE.popitem(last=False)
+    return result
+
+
+async def build_map(services: Any, city: str | None = None) -> CityMap:
+    nodes = [n for n in await services.pool.fetch(Q["nodes_all"]) if n["active"]]
+    return city_map(nodes, city)
+
+
+# ---- scrape-time gauges for /metrics ------------------------------------------------------------
+
+async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
+    """State read from PostgreSQL and Redis when Prometheus scrapes, the same from any worker."""
+    ok = GaugeMetricFamily("oms_ops_scrape_ok", "1 when the gauges below could be read from PostgreSQL and Redis")
+    try:
+        now = datetime.now(timezone.utc)
+        async with services.pool.acquire() as conn:
+            load = {r["node_id"]: r for r in await conn.fetch(Q["ops_store_load"], *_load_args(services.settings, now))}
+            nodes = await conn.fetch(Q["nodes_all"])
+            backordered = await conn.fetchval(Q["ops_backordered_count"])
+            pg_oversold = await postgres_oversold(conn)
+        rd_oversold = await redis_oversold(services.inventory, [n["id"] for n in nodes])
+    except Exception:
+        metrics.log.exception("could not read the ops gauges")
+        ok.add_metric([], 0)
+        return [ok]
+    ok.add_metric([], 1)
+    picks = GaugeMetricFamily("oms_open_picks", "Fulfilments a node still has to pick or hand over (allocated, picked)",
+                              labels=["node"])
+    risk = GaugeMetricFamily("oms_orders_at_risk",
+                             "Open fulfilments whose promise is nearer than courier + picking time", labels=["node"])
+    late = GaugeMetricFamily("oms_orders_late", "Open fulfilments already past their promise", labels=["node"])
+    for n in nodes:
+        if not n["active"] and n["id"] not in load:
+            continue
+        l = load.get(n["id"])
+        picks.add_metric([n["id"]], l["open_picks"] if l else 0)
+        risk.add_metric([n["id"]], l["at_risk"] if l else 0)
+        late.add_metric([n["id"]], l["late"] if l else 0)
+    back = GaugeMetricFamily("oms_backordered_orders", "Orders waiting in backorder")
+    back.add_metric([], backordered)
+    over = GaugeMetricFamily("oms_oversold_pairs", "(node, SKU) pairs with reserved + committed above on-hand; must be 0",
+                             labels=["source"])
+    over.add_metric(["postgres"], len(pg_oversold))
+    over.add_metric(["redis"], len(rd_oversold))
+    return [ok, picks, risk, late, back, over]
