@@ -215,6 +215,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 async def routing_stats(redis: Any) -> Routing:
+    await metrics.flush_routing(redis)  # this process's latest samples; others flush within 0.25 s
     raw = await redis.lrange(metrics.ROUTING_SAMPLES_KEY, 0, -1)
     vals = sorted(float(v) for v in raw)
     return Routing(samples=len(vals), p50_ms=percentile(vals, 50), p99_ms=percentile(vals, 99),
