@@ -37,7 +37,7 @@ from oms.domain import (
 )
 from oms.errors import Unavailable, UnknownReference
 from oms.ids import id_age_s, new_id
-from oms.inventory import Inventory
+from oms.inventory import Inventory, parse_available, queue_available
 from oms.orders import cancel_order, load_order, minutes_left, set_status
 from oms.writer import NewOrderRows, OrderWriter
 
@@ -100,10 +100,18 @@ class IntakeService:
         key = claim_key(order.channel, order.external_id)
         # the claim holds the id the order will have: waiters find it in PostgreSQL once written
         order_id = new_id("o")
-        if not await self.redis.set(key, order_id, nx=True, ex=_CLAIM_TTL_S):
+        # one round trip: the claim, and the availability routing will most likely need
+        await self.nodes.refresh()
+        cands, skus = self._likely_reads(order)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, order_id, nx=True, ex=_CLAIM_TTL_S)
+        queue_available(pipe, cands, skus)
+        replies = await pipe.execute()
+        if not replies[0]:
             return await self._existing(order, key, cause), False
+        prefetched = parse_available(cands, skus, replies[1:]) if cands else None
         try:
-            view, created = await asyncio.shield(self._create(order, order_id, cause, strict))
+            view, created = await asyncio.shield(self._create(order, order_id, cause, strict, prefetched))
         except BaseException:
             await self._drop_claim(key, order_id)
             raise
@@ -189,7 +197,17 @@ class IntakeService:
             return await load_order(conn, order_id)
 
     # ---- a new order -----------------------------------------------------------------------
-    async def _create(self, order: NormalizedOrder, order_id: str, cause: str, strict: bool) -> tuple[Order, bool]:
+    def _likely_reads(self, order: NormalizedOrder) -> tuple[list[str], list[str]]:
+        """The candidates and SKUs `place` will read for a paid order (nothing for others)."""
+        if order.status is not ChannelStatus.PAID:
+            return [], []
+        request = RouteRequest(ref=order.external_id, mode=routing.Mode(order.delivery_mode),
+                               lat=order.destination.lat, lng=order.destination.lng, lines=(),
+                               pickup_node_id=order.pickup_node_id, approximate=order.destination.approximate)
+        return self.nodes.candidates(request), sorted({l.sku for l in order.lines})
+
+    async def _create(self, order: NormalizedOrder, order_id: str, cause: str, strict: bool,
+                      prefetched: dict[str, dict[str, int]] | None = None) -> tuple[Order, bool]:
         now = datetime.now(timezone.utc)
         line_status = ["open"] * len(order.lines)
         line_reason: list[str | None] = [None] * len(order.lines)
@@ -229,6 +247,7 @@ class IntakeService:
                 reserved, plan = await self.place(
                     str(order.delivery_mode), order.destination.lat, order.destination.lng, order.pickup_node_id,
                     need, minutes_left=left, approximate=order.destination.approximate, ref=order.external_id,
+                    prefetched=prefetched,
                 )
                 plan_reason = plan.reason
                 _mark_unserved(order.lines, line_status, line_reason, reserved, plan)
@@ -289,7 +308,8 @@ class IntakeService:
     @metrics.timed_routing
     async def place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
                     need: list[placement.PlanLine], exclude: frozenset[str] = frozenset(), *,
-                    minutes_left: float | None = None, approximate: bool = False, ref: str = ""
+                    minutes_left: float | None = None, approximate: bool = False, ref: str = "",
+                    prefetched: dict[str, dict[str, int]] | None = None
                     ) -> tuple[list[Reserved], placement.Plan]:
         """Plan with routing/ over fresh availability, then reserve at each planned node.
 
@@ -303,7 +323,11 @@ class IntakeService:
         lost: list[str] = []
         for _ in range(self.settings.reroute_attempts + 1):
             cands = self.nodes.candidates(request, exclude)
-            stock = await self.inventory.available(cands, skus)
+            if prefetched is not None and all(c in prefetched for c in cands):
+                stock = prefetched  # read together with the claim, microseconds ago
+            else:
+                stock = await self.inventory.available(cands, skus)
+            prefetched = None  # a re-route after a lost race reads afresh
             plan = self.nodes.plan(request, stock, exclude)
             if not plan.allocations:
                 if lost:

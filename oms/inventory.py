@@ -110,10 +110,8 @@ class Inventory:
         if not nodes or not skus:
             return {}
         pipe = self.redis.pipeline(transaction=False)
-        for node in nodes:
-            pipe.hmget(avail_key(node), skus)
-        raw = await pipe.execute()
-        return {node: {sku: int(v or 0) for sku, v in zip(skus, vals)} for node, vals in zip(nodes, raw)}
+        queue_available(pipe, nodes, skus)
+        return parse_available(nodes, skus, await pipe.execute())
 
     async def levels(self, nodes: Sequence[str], sku: str) -> list[StockLevel]:
         pipe = self.redis.pipeline(transaction=False)
@@ -142,6 +140,16 @@ class Inventory:
                 if o or r:
                     out[(node, sku.decode())] = (o, r)
         return out
+
+
+def queue_available(pipe, nodes: Sequence[str], skus: Sequence[str]) -> None:
+    """Add the availability reads to a pipeline (so a caller can send them with other commands)."""
+    for node in nodes:
+        pipe.hmget(avail_key(node), skus)
+
+
+def parse_available(nodes: Sequence[str], skus: Sequence[str], replies: Sequence) -> dict[str, dict[str, int]]:
+    return {node: {sku: int(v or 0) for sku, v in zip(skus, vals)} for node, vals in zip(nodes, replies)}
 
 
 def _merge(lines: Iterable[tuple[str, int]]) -> dict[str, int]:

@@ -152,14 +152,15 @@ async def test_metrics_parse_as_prometheus_text_and_counters_move(client, world,
     assert sample(after, "oms_oversold_pairs", source="redis") == 0
 
     # a reservation that loses the race: routing saw stock that was gone when it reserved
-    inv = services.intake.inventory
-    real = inv.available
+    import oms.intake
 
-    async def stale(nodes, skus):
-        got = await real(nodes, skus)
-        return {n: {s: (a + 100 if s == sku else a) for s, a in per.items()} for n, per in got.items()}
+    real = oms.intake.parse_available
 
-    monkeypatch.setattr(inv, "available", stale)
+    def stale(nodes, skus, replies):  # the read that goes out with the claim
+        got = real(nodes, skus, replies)
+        return {n: {s: (a + 100 if (n, s) == (node, sku) else a) for s, a in per.items()} for n, per in got.items()}
+
+    monkeypatch.setattr(oms.intake, "parse_available", stale)
     lost = await posted(world, world.order("met-race", [(sku, 2)], channel="douyin"))
     monkeypatch.undo()
     assert lost["status"] == "backordered"
