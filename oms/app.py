@@ -16,6 +16,7 @@ from oms.api.catalogue import CatalogueController
 from oms.api.errors import EXCEPTION_HANDLERS
 from oms.api.orders import OrderController
 from oms.api import ops as ops_api, stores as stores_api
+from oms.api import webhooks as webhooks_api
 from oms.config import Settings
 from oms.services import Services, prepared_by_parent
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
+            await webhooks_api.aclose(app)
             await services.close()
 
     def provide_services(state: State) -> Services:
@@ -44,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return Litestar(
-        route_handlers=[healthz, OrderController, CatalogueController, *stores_api.ROUTES, *ops_api.ROUTES],
+        route_handlers=[healthz, OrderController, CatalogueController, *stores_api.ROUTES, *ops_api.ROUTES, *webhooks_api.ROUTES],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

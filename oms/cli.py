@@ -64,9 +64,7 @@ def cmd_rebuild_inventory(_: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from oms import embedded
+    from oms import embedded, server
 
     settings = Settings.from_env()
     db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
@@ -81,8 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics.use_multiprocess_dir()
     print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
     try:
-        uvicorn.run("oms.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level=args.log_level, access_log=False, loop="auto", http="auto")
+        server.serve(args.host, args.port, args.workers, args.log_level)
     finally:
         if not args.keep_embedded:  # clean stop of the embedded servers we use; data stays
             if embedded_in_use[0]:

@@ -35,10 +35,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, size: int = 10, server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb to Python values."""
     return await asyncpg.create_pool(
-        url, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=30
+        url, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=30,
+        server_settings=server_settings,
     )
 
 

@@ -80,14 +80,15 @@ class Reserved(msgspec.Struct, frozen=True):
 
 
 class IntakeService:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis,
+                 write_pool: asyncpg.Pool | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.redis = redis
         self.inventory = Inventory(redis)
         self.nodes = placement.NodeDirectory(pool)
         self.skus = SkuCatalogue(pool)
-        self.writer = OrderWriter(pool, max_batch=settings.write_batch_max)
+        self.writer = OrderWriter(write_pool or pool, max_batch=settings.write_batch_max)
 
     # ---- entry point -------------------------------------------------------------------
     async def submit(self, order: NormalizedOrder, *, cause: str, strict: bool = True) -> tuple[Order, bool]:

@@ -16,11 +16,13 @@ log = logging.getLogger("oms")
 
 
 class Services:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis,
+                 write_pool: asyncpg.Pool | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.write_pool = write_pool
         self.redis = redis
-        self.intake = IntakeService(settings, pool, redis)
+        self.intake = IntakeService(settings, pool, redis, write_pool=write_pool)
         self.inventory = self.intake.inventory
 
     @classmethod
@@ -29,10 +31,13 @@ class Services:
         rebuild Redis when it is empty or out of step with PostgreSQL."""
         db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
         pool = await db.create_pool(db_url, settings.pg_pool_size)
+        # the group-commit statement is one big CTE: planning it afresh for every batch costs
+        # more than running it, so its connections keep one generic plan
+        write_pool = await db.create_pool(db_url, 3, server_settings={"plan_cache_mode": "force_generic_plan"})
         # a blocking pool makes a burst wait for a connection instead of failing
         redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             redis_url, max_connections=64, timeout=10))
-        svc = cls(settings, pool, redis)
+        svc = cls(settings, pool, redis, write_pool)
         if prepare:
             await svc.prepare()
         return svc
@@ -47,6 +52,8 @@ class Services:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.write_pool is not None:
+            await self.write_pool.close()
         await self.redis.aclose()
 
 

@@ -29,9 +29,9 @@ def test_make_run_path_seeds_demo_city_and_serves_healthz_and_nodes(settings):
     env = _env(settings)
     migrate = subprocess.run([BIN / "oms", "migrate"], env=env, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
-    seed = subprocess.run([BIN / "oms", "seed-demo", "--if-empty"], env=env, capture_output=True, text=True, timeout=120)
+    seed = subprocess.run([BIN / "oms", "seed-demo"], env=env, capture_output=True, text=True, timeout=120)
     assert seed.returncode == 0, seed.stderr
-    assert "seeded demo city" in seed.stdout or "already has data" in seed.stdout
+    assert "seeded demo city" in seed.stdout
 
     port = _free_port()
     server = subprocess.Popen([BIN / "oms", "serve", "--port", str(port), "--workers", "1"], env=env,

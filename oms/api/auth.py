@@ -18,7 +18,8 @@ def bearer(connection: ASGIConnection) -> str | None:
     return token.strip()
 
 
-def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Admin token check; async so Litestar does not hand it to a thread per request."""
     token = bearer(connection)
     if token is None:
         raise Unauthorized("missing admin token: send 'Authorization: Bearer <token>'", field="authorization")
