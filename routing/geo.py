@@ -85,21 +85,22 @@ class _GeoIndex:
             [i for i, n in enumerate(nodes) if n.kind == NodeKind.STORE and "ship" in n.capabilities],
             dtype=np.int64,
         )
-        self.ship_warehouses = [
-            i for i, n in enumerate(nodes) if n.kind == NodeKind.WAREHOUSE and "ship" in n.capabilities
-        ]
+        self.ship_warehouses = np.array(
+            [i for i, n in enumerate(nodes) if n.kind == NodeKind.WAREHOUSE and "ship" in n.capabilities],
+            dtype=np.int64,
+        )
         self.warehouses = [i for i, n in enumerate(nodes) if n.kind == NodeKind.WAREHOUSE]
-        self.delivery_cache: dict[int, tuple[int, ...]] = {}
-        self.ship_cache: dict[int, tuple[int, ...]] = {}
-        self.pickup_cache: dict[int, tuple[int, ...]] = {}
+        self.delivery_cache: dict[int, np.ndarray] = {}
+        self.ship_cache: dict[int, np.ndarray] = {}
+        self.pickup_cache: dict[int, np.ndarray] = {}
 
     @staticmethod
-    def _remember(cache: dict[int, tuple[int, ...]], key: int, value: tuple[int, ...]) -> None:
+    def _remember(cache: dict[int, np.ndarray], key: int, value: np.ndarray) -> None:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()  # bounded memory; the working set refills within seconds
         cache[key] = value
 
-    def delivery_near_cell(self, cell: int) -> tuple[int, ...]:
+    def delivery_near_cell(self, cell: int) -> np.ndarray:
         """Delivery nodes that could cover some point of this cell (superset; exact check per point)."""
         hit = self.delivery_cache.get(cell)
         if hit is not None:
@@ -109,30 +110,64 @@ class _GeoIndex:
         if reach > 0 and self.by_cell:
             for c in h3.grid_disk(cell, rings_to_cover(cell, reach)):
                 found.extend(self.by_cell.get(c, ()))
-        if found:
+        result = np.array(sorted(found), dtype=np.int64)
+        if len(result):
             # Keep only nodes whose radius (+ slack) reaches the cell at all: cheap, vectorised.
             clat, clng = h3.cell_to_latlng(cell)
             _, e_max = _cell_radii_m(cell)
-            idx = np.array(sorted(found), dtype=np.int64)
-            d = _distances_m(clat, clng, self.lats[idx], self.lngs[idx])
-            keep = d <= self.radius[idx] + self.approx_slack_m + e_max
-            result = tuple(int(i) for i in idx[keep])
-        else:
-            result = ()
+            d = _distances_m(clat, clng, self.lats[result], self.lngs[result])
+            result = result[d <= self.radius[result] + self.approx_slack_m + e_max]
         self._remember(self.delivery_cache, cell, result)
         return result
 
-    def nearest_around(self, cell: int, pool: np.ndarray, k: int) -> tuple[int, ...]:
+    def nearest_around(self, cell: int, pool: np.ndarray, k: int) -> np.ndarray:
         """Nodes of pool that may be among the k nearest to any point of the cell."""
         if len(pool) <= k:
-            return tuple(int(i) for i in pool)
+            return pool
         clat, clng = h3.cell_to_latlng(cell)
         _, e_max = _cell_radii_m(cell)
         d = _distances_m(clat, clng, self.lats[pool], self.lngs[pool])
         kth = float(np.partition(d, k - 1)[k - 1])
         # Triangle inequality: a point of the cell is within e_max of its centre, so its k nearest
         # are all within kth + 2*e_max of the centre. The superset makes the per-point pick exact.
-        return tuple(int(i) for i in np.sort(pool[d <= kth + 2 * e_max]))
+        return np.sort(pool[d <= kth + 2 * e_max])
+
+    def nearest_first(self, lat: float, lng: float, idx: np.ndarray, limit: int | None = None, reach: np.ndarray | None = None) -> list[Near]:
+        """Nodes of idx by distance from the point (ties by id), optionally within reach, at most limit."""
+        if len(idx) == 0:
+            return []
+        d = _distances_m(lat, lng, self.lats[idx], self.lngs[idx])
+        if reach is not None:
+            ok = d <= reach
+            idx, d = idx[ok], d[ok]
+        order = np.lexsort((idx, d))
+        if limit is not None:
+            order = order[:limit]
+        return [Near(i, x) for i, x in zip(idx[order].tolist(), d[order].tolist(), strict=True)]
+
+
+def _flatten(pools: list[np.ndarray], lats: np.ndarray, lngs: np.ndarray, geo: _GeoIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point, node, distance) for every node of every point's pool."""
+    if not pools:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, float)
+    lens = np.fromiter((len(p) for p in pools), dtype=np.int64, count=len(pools))
+    idx = np.concatenate(pools).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
+    pos = np.repeat(np.arange(len(pools)), lens)
+    p1, p2 = np.radians(lats[pos]), np.radians(geo.lats[idx])
+    dl = np.radians(geo.lngs[idx]) - np.radians(lngs[pos])
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return pos, idx, 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+
+
+def _nearest_per_point(pos: np.ndarray, idx: np.ndarray, d: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by point, then distance, then node index (the id tie-break); keep limit per point."""
+    order = np.lexsort((idx, d, pos))
+    pos, idx, d = pos[order], idx[order], d[order]
+    if limit is not None and len(pos):
+        rank = np.arange(len(pos)) - np.searchsorted(pos, pos, side="left")
+        keep = rank < limit
+        pos, idx, d = pos[keep], idx[keep], d[keep]
+    return pos, idx, d
 
 
 class Network:
@@ -144,6 +179,7 @@ class Network:
         resolution: int = DEFAULT_RESOLUTION,
         *,
         nearest: int = 20,
+        delivery_limit: int = 30,
         approx_slack_m: int = 1000,
     ) -> None:
         ordered = tuple(sorted(nodes, key=lambda n: n.id))  # node order = tie-break order
@@ -155,9 +191,14 @@ class Network:
         self._nodes = ordered
         self._index = {n.id: i for i, n in enumerate(ordered)}
         # nearest: ship-capable stores offered to a parcel order, and transfer/alternative nodes
-        # looked at around a pickup store. approx_slack_m widens delivery radii for district-centre
-        # destinations, whose real address may be a kilometre or so away.
+        # looked at around a pickup store. delivery_limit: at most this many covering stores,
+        # nearest first (a dense downtown has ~70 within 5 km; the 31st nearest is never needed
+        # for one order and the service reads stock for each). approx_slack_m widens delivery
+        # radii for district-centre destinations, whose real address may be a kilometre away.
+        if nearest < 1 or delivery_limit < 1:
+            raise ValueError("nearest and delivery_limit must be >= 1")
         self._geo = _GeoIndex(ordered, resolution, nearest, approx_slack_m)
+        self._delivery_limit = delivery_limit
 
     @property
     def nodes(self) -> tuple[RouteNode, ...]:
@@ -195,34 +236,49 @@ class Network:
         clone._nodes = tuple(nodes)
         clone._index = self._index
         clone._geo = self._geo
+        clone._delivery_limit = self._delivery_limit
         return clone
 
     # -- candidate search ------------------------------------------------------------------
 
     def delivery_near(self, lat: float, lng: float, approximate: bool = False) -> list[Near]:
-        """Delivery nodes whose radius covers the point, nearest first (ties by id)."""
-        geo = self._geo
-        near = geo.delivery_near_cell(cell_of(lat, lng, geo.resolution))
-        if not near:
-            return []
-        idx = np.fromiter(near, dtype=np.int64, count=len(near))
-        d = _distances_m(lat, lng, geo.lats[idx], geo.lngs[idx])
-        slack = geo.approx_slack_m if approximate else 0
-        ok = d <= geo.radius[idx] + slack
-        out = [Near(int(i), float(x)) for i, x in zip(idx[ok], d[ok], strict=True)]
-        out.sort(key=lambda n: (n.distance_m, n.index))
-        return out
+        """Delivery nodes whose radius covers the point, nearest first (ties by id), bounded."""
+        _, idx, d = self.delivery_pairs(np.array([lat]), np.array([lng]), np.array([approximate]))
+        return [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
 
     def ship_near(self, lat: float, lng: float) -> list[Near]:
         """Ship-capable warehouses (all), then the nearest ship-capable stores."""
+        _, idx, d = self.ship_pairs(np.array([lat]), np.array([lng]))
+        return [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
+
+    def delivery_pairs(self, lats: np.ndarray, lngs: np.ndarray, approximate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """delivery_near for many points at once: (point position, node index, distance) arrays.
+
+        Each point takes its cell's cached candidates; distances, the radius check and the
+        nearest-first cut are then one vectorised pass over all points. Grouped by point.
+        """
         geo = self._geo
-        cell = cell_of(lat, lng, geo.resolution)
-        pool = geo.ship_cache.get(cell)
-        if pool is None:
-            pool = geo.nearest_around(cell, geo.ship_stores, geo.nearest)
-            geo._remember(geo.ship_cache, cell, pool)
-        stores = self._sorted_from(lat, lng, pool)[: geo.nearest]
-        return self._sorted_from(lat, lng, geo.ship_warehouses) + stores
+        pools = [geo.delivery_near_cell(cell_of(lat, lng, geo.resolution)) for lat, lng in zip(lats.tolist(), lngs.tolist(), strict=True)]
+        pos, idx, d = _flatten(pools, lats, lngs, geo)
+        ok = d <= geo.radius[idx] + np.where(approximate[pos], geo.approx_slack_m, 0)
+        return _nearest_per_point(pos[ok], idx[ok], d[ok], self._delivery_limit)
+
+    def ship_pairs(self, lats: np.ndarray, lngs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ship_near for many points at once: warehouses nearest first, then the nearest stores."""
+        geo = self._geo
+        pools = []
+        for lat, lng in zip(lats.tolist(), lngs.tolist(), strict=True):
+            cell = cell_of(lat, lng, geo.resolution)
+            pool = geo.ship_cache.get(cell)
+            if pool is None:
+                pool = geo.nearest_around(cell, geo.ship_stores, geo.nearest)
+                geo._remember(geo.ship_cache, cell, pool)
+            pools.append(pool)
+        stores = _nearest_per_point(*_flatten(pools, lats, lngs, geo), geo.nearest)
+        whs = _nearest_per_point(*_flatten([geo.ship_warehouses] * len(lats), lats, lngs, geo), None)
+        pos = np.concatenate((whs[0], stores[0]))
+        order = np.argsort(pos, kind="stable")  # group by point; warehouses stay ahead of stores
+        return pos[order], np.concatenate((whs[1], stores[1]))[order], np.concatenate((whs[2], stores[2]))[order]
 
     def around_store(self, store_index: int) -> list[Near]:
         """Nodes near a pickup store (transfer sources, alternatives) plus every warehouse."""
@@ -231,30 +287,19 @@ class Network:
         if pool is None:
             others = np.array([i for i in range(len(self._nodes)) if i != store_index], dtype=np.int64)
             node = self._nodes[store_index]
-            d = _distances_m(node.lat, node.lng, geo.lats[others], geo.lngs[others])
-            order = np.lexsort((others, d))[: geo.nearest]
-            chosen = {int(i) for i in others[order]} | (set(geo.warehouses) - {store_index})
-            pool = tuple(sorted(chosen))
+            near = {n.index for n in geo.nearest_first(node.lat, node.lng, others, geo.nearest)}
+            pool = np.array(sorted(near | (set(geo.warehouses) - {store_index})), dtype=np.int64)
             geo._remember(geo.pickup_cache, store_index, pool)
         node = self._nodes[store_index]
-        return self._sorted_from(node.lat, node.lng, pool)
-
-    def _sorted_from(self, lat: float, lng: float, pool: Iterable[int]) -> list[Near]:
-        idx = np.fromiter(pool, dtype=np.int64)
-        if len(idx) == 0:
-            return []
-        d = _distances_m(lat, lng, self._geo.lats[idx], self._geo.lngs[idx])
-        out = [Near(int(i), float(x)) for i, x in zip(idx, d, strict=True)]
-        out.sort(key=lambda n: (n.distance_m, n.index))
-        return out
+        return geo.nearest_first(node.lat, node.lng, pool)
 
     def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:
         """Node ids whose stock the service should read for this request, most relevant first.
 
-        delivery: nodes whose radius covers the destination; ship: ship-capable warehouses then
-        the `nearest` ship-capable stores; pickup: the named store, then the `nearest` nodes
-        around it and every warehouse (transfer sources and alternatives). Bounded by
-        `nearest` + warehouses, except delivery, which the radii bound.
+        delivery: the `delivery_limit` nearest nodes whose radius covers the destination.
+        ship: every ship-capable warehouse, then the `nearest` ship-capable stores.
+        pickup: the named store, then the `nearest` nodes around it and every warehouse
+        (transfer sources and alternatives); [] for an unknown store.
         """
         near: list[Near]
         if request.mode == Mode.DELIVERY:

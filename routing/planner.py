@@ -30,6 +30,13 @@ SCALE = 1000  # cost points -> integer milli-points: OR-Tools solvers need integ
 Stock = Mapping[str, Mapping[str, int]]
 
 
+class _Model(cp_model.CpModel):
+    """CpModel without its per-instance deprecated camelCase aliases (~0.5 ms per model)."""
+
+    def _add_pre_pep8_methods(self) -> None:
+        pass
+
+
 class Option(NamedTuple):
     """A node that may fulfil (part of) a request, with what one shipment from it costs."""
 
@@ -107,9 +114,11 @@ def delivery_options(
     exclude: frozenset[str],
     w: CostWeights,
     extra_picks: Sequence[int] | None = None,
+    near: Sequence[Near] | None = None,
 ) -> tuple[list[Option], str]:
     """Eligible delivery nodes and, if there are none, why."""
-    near = network.delivery_near(request.lat, request.lng, request.approximate)
+    if near is None:
+        near = network.delivery_near(request.lat, request.lng, request.approximate)
     if not near:
         return [], "no delivery node covers the destination"
     nodes = network.nodes
@@ -139,11 +148,12 @@ def ship_options(
     exclude: frozenset[str],
     w: CostWeights,
     extra_picks: Sequence[int] | None = None,
+    near: Sequence[Near] | None = None,
 ) -> tuple[list[Option], str]:
     """Ship-capable warehouses and nearest ship-capable stores, with parcel costs."""
     nodes = network.nodes
     opts = []
-    for n in network.ship_near(request.lat, request.lng):
+    for n in network.ship_near(request.lat, request.lng) if near is None else near:
         node = nodes[n.index]
         if node.id in exclude:
             continue
@@ -221,7 +231,7 @@ def _solve_split(rows: list[tuple[Option, dict[str, int]]], need: Mapping[str, i
     independent given the chosen set, so no per-unit variables are needed.
     """
     hint = _greedy_cover(rows, need)
-    model = cp_model.CpModel()
+    model = _Model()
     use = [model.new_bool_var(f"use_{o.node.id}") for o, _ in rows]
     for sku, t in need.items():
         model.add(sum(a[sku] * use[k] for k, (_, a) in enumerate(rows) if sku in a) >= t)
@@ -273,6 +283,11 @@ def cover(opts: Sequence[Option], demand: Mapping[str, int], stock: Stock, w: Co
 # -- plan assembly -------------------------------------------------------------------------
 
 
+def _minutes(x: float) -> float | None:
+    """Unrounded, so callers can compare with minutes_left exactly; None when never (no capacity)."""
+    return float(x) if math.isfinite(x) else None
+
+
 def _km(d: float) -> str:
     return f"{d / 1000:.1f} km"
 
@@ -303,11 +318,16 @@ def _lacking(node_id: str, stock: Stock, demand: Mapping[str, int]) -> list[str]
     return [sku for sku, q in demand.items() if s.get(sku, 0) < q]
 
 
+def _holds_all(node_id: str, stock: Stock, demand: Mapping[str, int]) -> bool:
+    s = stock.get(node_id)
+    return bool(s) and all(s.get(sku, 0) >= q for sku, q in demand.items())
+
+
 def _serve_plan(mode: Mode, opts: list[Option], demand: dict[str, int], stock: Stock, w: CostWeights) -> Plan:
     """Delivery and ship: cover the demand from the options and explain the choice."""
     c = cover(opts, demand, stock, w)
     allocs = tuple(
-        Allocation(o.node.id, _lines(take, demand), round(o.distance_m, 1), Role.SERVE, round(o.ready_in_minutes, 1), round(o.cost, 3))
+        Allocation(o.node.id, _lines(take, demand), round(o.distance_m, 1), Role.SERVE, _minutes(o.ready_in_minutes), round(o.cost, 3))
         for o, take in c.picks
     )
     unserved = _unserved(demand, c.served, "", {s: c.served.get(s, 0) for s in demand})
@@ -316,7 +336,7 @@ def _serve_plan(mode: Mode, opts: list[Option], demand: dict[str, int], stock: S
         return Plan((), unserved, Strategy.NONE, "no eligible node holds any line", 0.0)
     if c.how == "single":
         o = c.picks[0][0]
-        full = [x for x in opts if not _lacking(x.node.id, stock, demand)]
+        full = [x for x in opts if _holds_all(x.node.id, stock, demand)]
         nearest = min(full, key=lambda x: (x.distance_m, x.index)) if full else None
         if nearest is not None and nearest.index == o.index:
             reason = f"nearest {o.node.kind} with full stock, {_km(o.distance_m)}"
@@ -368,7 +388,7 @@ def _pickup_plan(
         s = stock.get(store.id) or {}
         own = {sku: min(int(s.get(sku, 0)), q) for sku, q in demand.items() if s.get(sku, 0) > 0}
     if offers_pickup and all(own.get(sku, 0) >= q for sku, q in demand.items()):
-        alloc = Allocation(store.id, _lines(own, demand), 0.0, Role.SERVE, round(store_ready, 1), 0.0)
+        alloc = Allocation(store.id, _lines(own, demand), 0.0, Role.SERVE, _minutes(store_ready), 0.0)
         return Plan((alloc,), (), Strategy.SINGLE, f"pickup store {store.id} holds every line", 0.0)
 
     alternatives = tuple(
@@ -377,7 +397,7 @@ def _pickup_plan(
         if nodes[n.index].kind == NodeKind.STORE
         and "pickup" in nodes[n.index].capabilities
         and nodes[n.index].id not in exclude
-        and not _lacking(nodes[n.index].id, stock, demand)
+        and _holds_all(nodes[n.index].id, stock, demand)
     )[: w.max_alternatives]
     if not offers_pickup:
         why = f"store {store.id} does not offer pickup"
@@ -401,11 +421,11 @@ def _pickup_plan(
         why = f"{where} and no node can transfer it all"
         return Plan((), _unserved(demand, {}, why), Strategy.ALTERNATIVES, f"{why}; {len(alternatives)} nearby store(s) hold every line", 0.0, alternatives)
     transfers = [
-        Allocation(o.node.id, _lines(take, demand), round(o.distance_m, 1), Role.TRANSFER, round(o.ready_in_minutes, 1), round(o.cost, 3))
+        Allocation(o.node.id, _lines(take, demand), round(o.distance_m, 1), Role.TRANSFER, _minutes(o.ready_in_minutes), round(o.cost, 3))
         for o, take in c.picks
     ]
     ready = max([store_ready, *(o.ready_in_minutes for o, _ in c.picks)])
-    allocs = ([Allocation(store.id, _lines(own, demand), 0.0, Role.SERVE, round(ready, 1), 0.0)] if own else []) + transfers
+    allocs = ([Allocation(store.id, _lines(own, demand), 0.0, Role.SERVE, _minutes(ready), 0.0)] if own else []) + transfers
     if not allocs:
         return _none(demand, f"{where}; no node nearby holds it", alternatives)
     served = {sku: own.get(sku, 0) + c.served.get(sku, 0) for sku in demand}
@@ -430,17 +450,22 @@ def plan_with(
     exclude: frozenset[str] = frozenset(),
     weights: CostWeights = CostWeights(),
     extra_picks: Sequence[int] | None = None,
+    near: Sequence[Near] | None = None,
 ) -> Plan:
-    """plan() with extra queued picks per node index (used by waves to account for their own load)."""
+    """plan() with extra queued picks per node index and, optionally, candidates already found.
+
+    Waves use it: extra_picks are the orders they already gave each node, near the candidate
+    list they computed in bulk (delivery and ship only).
+    """
     demand = _demand(request.lines)
     if not demand:
         return Plan((), (), Strategy.NONE, "order has no lines", 0.0)
     if request.mode == Mode.PICKUP:
         return _pickup_plan(network, request, demand, stock, exclude, weights, extra_picks)
     if request.mode == Mode.DELIVERY:
-        opts, why = delivery_options(network, request, exclude, weights, extra_picks)
+        opts, why = delivery_options(network, request, exclude, weights, extra_picks, near)
     else:
-        opts, why = ship_options(network, request, exclude, weights, extra_picks)
+        opts, why = ship_options(network, request, exclude, weights, extra_picks, near)
     if not opts:
         return _none(demand, why)
     return _serve_plan(request.mode, opts, demand, stock, weights)
@@ -462,6 +487,3 @@ def plan(
     t0 = time.perf_counter_ns()
     result = plan_with(network, request, stock, exclude, weights)
     return msgspec.structs.replace(result, decision_us=(time.perf_counter_ns() - t0) // 1000)
-
-
-__all__ = ["Near", "Option", "cover", "plan", "plan_with"]
