@@ -233,7 +233,7 @@ async def redis_oversold(inventory: Inventory, node_ids: list[str]) -> list[Over
 
 async def postgres_oversold(conn: Any) -> list[OversoldPair]:
     return [OversoldPair(node_id=r["node_id"], sku=r["sku"], on_hand=r["on_hand"], reserved=r["reserved"])
-            for r in await conn.fetch(Q["ops_oversold_pairs"])]
+            for r in await conn.fetch(Q["oversold_pairs"])]
 
 
 def _load_args(settings: Any, now: datetime) -> tuple:

@@ -40,9 +40,6 @@ on conflict (channel, platform_sku_id) do update set sku = excluded.sku;
 -- name: sku_map_for_channel
 select platform_sku_id, sku from sku_map where channel = $1;
 
--- name: sku_map_delete
-delete from sku_map where channel = $1 and platform_sku_id = $2;
-
 -- name: open_picks_per_node
 -- Fulfilments waiting at each node (index fulfillments_by_node_status): the routing load penalty.
 select node_id, count(*)::int as n from fulfillments

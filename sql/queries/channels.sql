@@ -20,10 +20,6 @@ update inbox set status = $3, error = $4, note = $5, processed_at = now()
 -- Has the channel told us to cancel this order (index inbox_cancels)? Checked around every upsert.
 select exists (select 1 from inbox where channel = $1 and external_id = $2 and kind = 'cancel');
 
--- name: inbox_get
-select channel, message_id, topic, external_id, kind, status, error, note, received_at, processed_at
-  from inbox where channel = $1 and message_id = $2;
-
 -- name: channel_watermark_get
 select value from channel_watermarks where channel = $1;
 

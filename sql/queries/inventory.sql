@@ -22,18 +22,3 @@ update stock set on_hand = greatest(on_hand + $3, 0), updated_at = now()
 insert into stock (node_id, sku, on_hand)
 select * from unnest($1::text[], $2::text[], $3::int[])
 on conflict (node_id, sku) do update set on_hand = excluded.on_hand, updated_at = now();
-
--- name: stock_for_sku
--- On-hand and open reservations of one SKU at every node (index stock_by_sku, reservations_open).
-select s.node_id, s.on_hand,
-       coalesce((select sum(r.quantity) from reservations r
-                  where r.node_id = s.node_id and r.sku = s.sku and r.state = 'reserved'), 0)::int as reserved
-  from stock s where s.sku = $1 order by s.node_id;
-
--- name: oversold_pairs
--- (node, SKU) pairs whose reserved units exceed on-hand: must always be empty.
-select s.node_id, s.sku, s.on_hand, sum(r.quantity)::int as reserved
-  from reservations r join stock s on s.node_id = r.node_id and s.sku = r.sku
- where r.state = 'reserved'
- group by s.node_id, s.sku, s.on_hand
-having sum(r.quantity) > s.on_hand;

@@ -129,7 +129,7 @@ select fulfillment_id, order_id, channel, external_id, delivery_mode, node_id, n
  order by minutes_left, order_id
  limit $5;
 
--- name: ops_oversold_pairs
+-- name: oversold_pairs
 -- (node, SKU) pairs whose open reservations exceed on-hand (on-hand is what is left after
 -- hand-overs, so reserved + committed > original stock means reserved > on_hand here).
 -- A reservation with no stock row at all counts against an on-hand of 0.

@@ -38,26 +38,6 @@ with new_orders as (
 )
 select id from new_orders;
 
--- name: orders_insert_many
--- Batch insert of new orders (one row per array element); an order that already exists for
--- (channel, external_id) is skipped, and only the inserted ids come back.
-insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
-                    dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
-                    promised_by, paid_at, total_fen, freight_fen, discount_fen, reason,
-                    channel_updated_at)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::jsonb[], $8::float8[], $9::float8[], $10::text[], $11::bool[],
-                     $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[],
-                     $16::bigint[], $17::bigint[], $18::text[], $19::timestamptz[])
-on conflict (channel, external_id) do nothing
-returning id;
-
--- name: order_lines_insert_many
-insert into order_lines (order_id, line_no, sku, quantity, unit_price_fen, platform_line_id,
-                         platform_sku_id, status, reason)
-select * from unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[],
-                     $7::text[], $8::text[], $9::text[]);
-
 -- name: fulfillments_insert_many
 insert into fulfillments (id, order_id, node_id, status, role, distance_m, ready_by)
 select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
@@ -67,10 +47,6 @@ select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
 insert into reservations (fulfillment_id, sku, order_id, node_id, quantity, state)
 select f, s, o, n, q, 'reserved'
   from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[]) as t(f, s, o, n, q);
-
--- name: history_insert_many
-insert into order_history (order_id, from_status, to_status, cause, detail)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]);
 
 -- name: history_insert
 insert into order_history (order_id, from_status, to_status, cause, detail)
@@ -82,9 +58,6 @@ select * from orders where id = $1;
 -- name: order_by_id_for_update
 -- Locks the order row: every status change of one order is serialized here.
 select * from orders where id = $1 for update;
-
--- name: order_by_external
-select * from orders where channel = $1 and external_id = $2;
 
 -- name: order_exists
 select exists (select 1 from orders where id = $1);
