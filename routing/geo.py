@@ -63,6 +63,9 @@ def rings_to_cover(cell: int, radius_m: float) -> int:
     return math.ceil((radius_m + 2 * e_max) / (1.5 * e_min * 0.9)) + 1
 
 
+_POINT_CACHE_MAX = 4096
+
+
 class _GeoIndex:
     """Everything that depends only on where nodes are; shared by with_loads copies."""
 
@@ -93,6 +96,14 @@ class _GeoIndex:
         self.delivery_cache: dict[int, np.ndarray] = {}
         self.ship_cache: dict[int, np.ndarray] = {}
         self.pickup_cache: dict[int, np.ndarray] = {}
+        # one order asks for the same point's neighbours several times (the service's candidates,
+        # then the plan): remember recent points; purely geometric, so clones share it
+        self.point_cache: dict[tuple, list] = {}
+
+    def remember_point(self, key: tuple, near: list) -> None:
+        if len(self.point_cache) >= _POINT_CACHE_MAX:
+            self.point_cache.clear()
+        self.point_cache[key] = near
 
     @staticmethod
     def _remember(cache: dict[int, np.ndarray], key: int, value: np.ndarray) -> None:
@@ -243,13 +254,23 @@ class Network:
 
     def delivery_near(self, lat: float, lng: float, approximate: bool = False) -> list[Near]:
         """Delivery nodes whose radius covers the point, nearest first (ties by id), bounded."""
-        _, idx, d = self.delivery_pairs(np.array([lat]), np.array([lng]), np.array([approximate]))
-        return [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
+        key = ("d", lat, lng, approximate, self._delivery_limit)
+        near = self._geo.point_cache.get(key)
+        if near is None:
+            _, idx, d = self.delivery_pairs(np.array([lat]), np.array([lng]), np.array([approximate]))
+            near = [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
+            self._geo.remember_point(key, near)
+        return list(near)
 
     def ship_near(self, lat: float, lng: float) -> list[Near]:
         """Ship-capable warehouses (all), then the nearest ship-capable stores."""
-        _, idx, d = self.ship_pairs(np.array([lat]), np.array([lng]))
-        return [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
+        key = ("s", lat, lng)
+        near = self._geo.point_cache.get(key)
+        if near is None:
+            _, idx, d = self.ship_pairs(np.array([lat]), np.array([lng]))
+            near = [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
+            self._geo.remember_point(key, near)
+        return list(near)
 
     def delivery_pairs(self, lats: np.ndarray, lngs: np.ndarray, approximate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """delivery_near for many points at once: (point position, node index, distance) arrays.
