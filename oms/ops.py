@@ -41,6 +41,13 @@ MAP_RADIUS_M = 60_000
 
 # ---- the shapes -----------------------------------------------------------------------------
 
+class Window(msgspec.Struct, kw_only=True):
+    """Orders and GMV over the chart's window (the last hour)."""
+
+    orders: int = 0
+    gmv_fen: int = 0
+
+
 class Totals(msgspec.Struct, kw_only=True):
     orders: int = 0
     gmv_fen: int = 0
@@ -156,7 +163,7 @@ class Summary(msgspec.Struct, kw_only=True):
     since: datetime
     window_minutes: int
     totals: Totals
-    last_hour: Totals
+    last_hour: Window
     channels: list[ChannelTotals]
     orders_per_minute: OrdersPerMinute
     backorders: Backorders
@@ -301,7 +308,7 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         since=since,
         window_minutes=WINDOW_MINUTES,
         totals=totals,
-        last_hour=Totals(orders=sum(total_pm), gmv_fen=sum(gmv_pm)),
+        last_hour=Window(orders=sum(total_pm), gmv_fen=sum(gmv_pm)),
         channels=channels,
         orders_per_minute=OrdersPerMinute(minutes=minutes, series=dict(sorted(series.items())),
                                           total=total_pm, gmv_fen=gmv_pm),
