@@ -166,6 +166,12 @@ async def store_with(world, *skus_units: tuple[str, int]) -> tuple[str, list[str
 
 
 async def test_douyin_batch_of_three_is_acknowledged_and_leaves_the_right_states(client, platform, services, world, douyin):
+    from prometheus_client import REGISTRY
+
+    def webhook_count() -> float:
+        return REGISTRY.get_sample_value("oms_webhook_latency_seconds_count", {"channel": "douyin"}) or 0.0
+
+    timed_before = webhook_count()
     node, (tea, cup) = await store_with(world, ("tea", 10), ("cup", 10))
     a, b = order_id(), order_id()
     # B was paid earlier: allocated at the store
@@ -198,6 +204,7 @@ async def test_douyin_batch_of_three_is_acknowledged_and_leaves_the_right_states
         row = await inbox(services, "douyin", m["msg_id"])
         assert row["status"] == "processed" and row["error"] is None
     assert (await inbox(services, "douyin", f"m-{b}-cancel"))["kind"] == "cancel"
+    assert webhook_count() - timed_before == 2  # both pushes timed for the latency histogram
 
 
 async def test_douyin_redelivery_and_a_second_message_id_give_one_order(client, platform, services, world, douyin):

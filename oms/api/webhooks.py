@@ -12,9 +12,12 @@ configuration (tests; a reload after the environment changed); `aclose(app)` clo
 
 from __future__ import annotations
 
+import time
+
 from litestar import Litestar, Request, Response, post
 
 from adapters.common import WebhookReply
+from oms import metrics
 from oms.channel_intake import PgSkuMapSource, ServiceIntake
 from oms.channels.config import ChannelsConfig, load_config
 from oms.channels.webhooks import handle_douyin, handle_jd_relay, handle_miniprogram, handle_tmall_relay
@@ -73,7 +76,8 @@ async def aclose(app: Litestar) -> None:
         await rt.aclose()
 
 
-def _answer(reply: WebhookReply) -> Response[bytes]:
+def _answer(reply: WebhookReply, channel: str, started: float) -> Response[bytes]:
+    metrics.WEBHOOK_SECONDS.labels(channel).observe(time.perf_counter() - started)
     return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type or None)
 
 
@@ -86,30 +90,33 @@ def _headers(request: Request) -> dict[str, str]:
                   "every message is recorded; 401 wrong signature (nothing stored); 400 names refused messages; "
                   "503 retry.")
 async def douyin_webhook(request: Request) -> Response[bytes]:
+    started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
     reply = await handle_douyin(raw, _headers(request), config=rt.config.douyin, intake=rt.intake,
                                 client=rt.client, sku_maps=rt.sku_maps)
-    return _answer(reply)
+    return _answer(reply, "douyin", started)
 
 
 @post("/webhooks/tmall", status_code=200, tags=["webhooks"], summary="Taobao TMC message from a push relay (TOP-signed)")
 async def tmall_webhook(request: Request) -> Response[bytes]:
+    started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
     query = {k: v for k, v in request.query_params.items()}
     reply = await handle_tmall_relay(raw, query, config=rt.config.tmall, intake=rt.intake, client=rt.client,
                                      sku_maps=rt.sku_maps)
-    return _answer(reply)
+    return _answer(reply, "tmall", started)
 
 
 @post("/webhooks/jd", status_code=200, tags=["webhooks"], summary="JD order message from a push relay (JOS-signed)")
 async def jd_webhook(request: Request) -> Response[bytes]:
+    started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
     reply = await handle_jd_relay(raw, config=rt.config.jd, intake=rt.intake, client=rt.client,
                                   sku_maps=rt.sku_maps)
-    return _answer(reply)
+    return _answer(reply, "jd", started)
 
 
 @post("/webhooks/miniprogram", status_code=200, tags=["webhooks"],
@@ -117,11 +124,12 @@ async def jd_webhook(request: Request) -> Response[bytes]:
       description="WeChat Pay: 204 without a body when recorded, 4xx/5xx {\"code\":\"FAIL\",\"message\"} "
                   "otherwise. Order push: 200 {\"ok\":true}.")
 async def miniprogram_webhook(request: Request) -> Response[bytes]:
+    started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
     reply = await handle_miniprogram(raw, _headers(request), config=rt.config.miniprogram, intake=rt.intake,
                                      sku_maps=rt.sku_maps)
-    return _answer(reply)
+    return _answer(reply, "miniprogram", started)
 
 
 ROUTES = [douyin_webhook, tmall_webhook, jd_webhook, miniprogram_webhook]
