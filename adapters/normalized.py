@@ -12,7 +12,8 @@ from typing import Annotated
 
 import msgspec
 
-Fen = Annotated[int, msgspec.Meta(ge=0, description="money in integer fen (1 yuan = 100 fen)")]
+#: at most 100 million yuan per amount, so any order's sum stays far inside PostgreSQL's bigint
+Fen = Annotated[int, msgspec.Meta(ge=0, le=10_000_000_000, description="money in integer fen (1 yuan = 100 fen)")]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=100_000, description="units, at least 1")]
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="merchant SKU code")]
 Latitude = Annotated[float, msgspec.Meta(ge=-90, le=90)]
