@@ -109,7 +109,7 @@ class IntakeService:
         queue_available(pipe, cands, skus)
         replies = await pipe.execute()
         if not replies[0]:
-            return await self._existing(order, key, cause), False
+            return await self._existing(order, key, cause, strict), False
         prefetched = parse_available(cands, skus, replies[1:]) if cands else None
         try:
             view, created = await asyncio.shield(self._create(order, order_id, cause, strict, prefetched))
@@ -129,7 +129,7 @@ class IntakeService:
         except aioredis.RedisError:  # the claim expires on its own
             pass
 
-    async def _existing(self, order: NormalizedOrder, key: str, cause: str) -> Order:
+    async def _existing(self, order: NormalizedOrder, key: str, cause: str, strict: bool) -> Order:
         """Another request holds or held this order: wait until it is stored, then apply our update."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -137,7 +137,7 @@ class IntakeService:
             oid = val.decode() if val else await self.pool.fetchval(
                 Q["order_id_by_external"], order.channel, order.external_id)
             if oid is None:  # nobody has it: the other attempt failed and let go
-                view, _ = await self.submit(order, cause=cause)
+                view, _ = await self.submit(order, cause=cause, strict=strict)
                 return view
             if await self.pool.fetchval(Q["order_exists"], oid):
                 return await self.apply_update(oid, order, cause)
