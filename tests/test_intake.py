@@ -225,3 +225,29 @@ async def test_start_up_check_repairs_redis_out_of_step_with_postgres(world, ser
     async with services.pool.acquire() as conn:
         assert await inventory.ensure_in_step(conn, services.redis) is True
     assert await _availability(services, node, sku) == 4
+
+
+async def test_reservation_race_at_the_chosen_node_reroutes_to_the_next_node(world, services, monkeypatch):
+    import oms.intake
+
+    near = await world.node("race-near", HOT_LAT, HOT_LNG)
+    nxt = await world.node("race-next", HOT_LAT + 0.01, HOT_LNG)
+    sku = await world.sku("race")
+    await world.stock(near, sku, 0)  # sold out a moment ago ...
+    await world.stock(nxt, sku, 4)
+    real = oms.intake.parse_available
+
+    def stale(nodes, skus, replies):  # ... but the snapshot routing saw still had 3 there
+        got = real(nodes, skus, replies)
+        if near in got:
+            got[near][sku] = 3
+        return got
+
+    monkeypatch.setattr(oms.intake, "parse_available", stale)
+    order = (await world.post_order(world.order("race-1", [(sku, 2)]))).json()
+
+    assert order["status"] == "allocated"
+    assert [f["node_id"] for f in order["fulfillments"]] == [nxt]
+    assert await _availability(services, near, sku) == 0
+    assert await _availability(services, nxt, sku) == 2
+    assert await _reserved_in_pg(services, sku) == 2
