@@ -99,6 +99,30 @@ class _GeoIndex:
         # one order asks for the same point's neighbours several times (the service's candidates,
         # then the plan): remember recent points; purely geometric, so clones share it
         self.point_cache: dict[tuple, list] = {}
+        # plain-float copies for the one-point paths: numpy's per-call overhead dominates there
+        self.rad_lat = [math.radians(x) for x in self.lats.tolist()]
+        self.rad_lng = [math.radians(x) for x in self.lngs.tolist()]
+        self.cos_lat = [math.cos(x) for x in self.rad_lat]
+        self.radius_list = self.radius.tolist()
+        self.ship_warehouse_list = self.ship_warehouses.tolist()
+
+    def nearest_one_point(self, lat: float, lng: float, pool, limit: int | None,
+                          slack: float | None = None) -> list["Near"]:
+        """Pool nodes by distance from one point (ties by index), within radius + slack when given."""
+        p1, l1 = math.radians(lat), math.radians(lng)
+        c1 = math.cos(p1)
+        sin, asin, sqrt = math.sin, math.asin, math.sqrt
+        rad_lat, rad_lng, cos_lat, radius = self.rad_lat, self.rad_lng, self.cos_lat, self.radius_list
+        found = []
+        for i in pool:
+            a = sin((rad_lat[i] - p1) / 2) ** 2 + c1 * cos_lat[i] * sin((rad_lng[i] - l1) / 2) ** 2
+            d = 2 * EARTH_RADIUS_M * asin(sqrt(min(a, 1.0)))
+            if slack is None or d <= radius[i] + slack:
+                found.append((d, i))
+        found.sort()
+        if limit is not None:
+            found = found[:limit]
+        return [Near(i, d) for d, i in found]
 
     def remember_point(self, key: tuple, near: list) -> None:
         if len(self.point_cache) >= _POINT_CACHE_MAX:
@@ -257,9 +281,11 @@ class Network:
         key = ("d", lat, lng, approximate, self._delivery_limit)
         near = self._geo.point_cache.get(key)
         if near is None:
-            _, idx, d = self.delivery_pairs(np.array([lat]), np.array([lng]), np.array([approximate]))
-            near = [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
-            self._geo.remember_point(key, near)
+            geo = self._geo
+            pool = geo.delivery_near_cell(cell_of(lat, lng, geo.resolution)).tolist()
+            near = geo.nearest_one_point(lat, lng, pool, self._delivery_limit,
+                                         slack=geo.approx_slack_m if approximate else 0.0)
+            geo.remember_point(key, near)
         return list(near)
 
     def ship_near(self, lat: float, lng: float) -> list[Near]:
@@ -267,9 +293,15 @@ class Network:
         key = ("s", lat, lng)
         near = self._geo.point_cache.get(key)
         if near is None:
-            _, idx, d = self.ship_pairs(np.array([lat]), np.array([lng]))
-            near = [Near(i, x) for i, x in zip(idx.tolist(), d.tolist(), strict=True)]
-            self._geo.remember_point(key, near)
+            geo = self._geo
+            cell = cell_of(lat, lng, geo.resolution)
+            pool = geo.ship_cache.get(cell)
+            if pool is None:
+                pool = geo.nearest_around(cell, geo.ship_stores, geo.nearest)
+                geo._remember(geo.ship_cache, cell, pool)
+            near = (geo.nearest_one_point(lat, lng, geo.ship_warehouse_list, None)
+                    + geo.nearest_one_point(lat, lng, pool.tolist(), geo.nearest))
+            geo.remember_point(key, near)
         return list(near)
 
     def delivery_pairs(self, lats: np.ndarray, lngs: np.ndarray, approximate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

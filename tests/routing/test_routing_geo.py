@@ -89,3 +89,18 @@ def test_rings_cover_the_radius_at_several_latitudes() -> None:
             qlat, qlng = plat + rnd.uniform(-0.045, 0.045), plng + rnd.uniform(-0.05, 0.05)
             if distance_m(plat, plng, qlat, qlng) <= 5000:
                 assert cell_of(qlat, qlng, 8) in disk
+
+
+def test_one_point_path_agrees_with_the_batch_path_used_by_waves() -> None:
+    import numpy as np
+
+    nodes = _city(5)
+    net = Network(nodes, nearest=10, delivery_limit=12)
+    rnd = random.Random(55)
+    pts = [(CENTRE[0] + rnd.uniform(-0.25, 0.25), CENTRE[1] + rnd.uniform(-0.25, 0.25)) for _ in range(200)]
+    lats, lngs = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    pos, idx, _ = net.delivery_pairs(lats, lngs, np.zeros(len(pts), dtype=bool))
+    spos, sidx, _ = net.ship_pairs(lats, lngs)
+    for k, (lat, lng) in enumerate(pts):
+        assert [n.index for n in net.delivery_near(lat, lng)] == idx[pos == k].tolist()
+        assert [n.index for n in net.ship_near(lat, lng)] == sidx[spos == k].tolist()
