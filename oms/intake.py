@@ -35,7 +35,7 @@ from oms.domain import (
     OrderLineView,
     OrderStatus,
 )
-from oms.errors import Unavailable, UnknownReference
+from oms.errors import NotFound, Unavailable, UnknownReference
 from oms.ids import id_age_s, new_id
 from oms.inventory import Inventory, parse_available, queue_available
 from oms.orders import cancel_order, load_order, minutes_left, set_status
@@ -169,13 +169,34 @@ class IntakeService:
             return await load_order(conn, order_id)
 
     async def allocate_existing(self, order_id: str, cause: str) -> Order:
-        """Route and reserve an order already stored without stock (created, backordered)."""
+        """Route and reserve an order stored without stock: unpaid until now, or backordered.
+
+        A backordered order's lines are tried again (not those whose SKU is unknown); lines
+        still unserved stay backordered with routing's reason.
+        """
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(Q["order_by_id"], order_id)
-            lines = [l for l in await conn.fetch(Q["order_lines_by_order"], order_id) if l["status"] == "open"]
+            if row is None:
+                raise NotFound(f"no order with id '{order_id}'", field="id")
+            if row["status"] not in (OrderStatus.CREATED, OrderStatus.BACKORDERED):
+                return await load_order(conn, order_id)  # allocated meanwhile: nothing to do
+            lines = [l for l in await conn.fetch(Q["order_lines_by_order"], order_id)
+                     if l["status"] == "open" or (l["status"] == "backordered"
+                                                  and not (l["reason"] or "").startswith("unknown SKU"))]
         need = [placement.PlanLine(l["sku"], l["quantity"]) for l in lines]
-        reserved, plan = await self.place(row["delivery_mode"], row["dest_lat"], row["dest_lng"], row["pickup_node_id"], need)
+        reserved: list[Reserved] = []
+        plan = placement.no_plan(need, "no line can be served: every SKU is unknown")
+        if need:
+            left = None
+            if row["promised_by"] is not None:
+                left = (row["promised_by"] - datetime.now(timezone.utc)).total_seconds() / 60
+            reserved, plan = await self.place(row["delivery_mode"], row["dest_lat"], row["dest_lng"],
+                                              row["pickup_node_id"], need, minutes_left=left,
+                                              approximate=row["dest_approximate"], ref=row["external_id"])
         new_status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
+        status = ["open"] * len(lines)
+        reasons: list[str | None] = [None] * len(lines)
+        _mark_unserved(need, status, reasons, reserved, plan)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 locked = await conn.fetchrow(Q["order_by_id_for_update"], order_id)
@@ -183,6 +204,10 @@ class IntakeService:
                     raise _Stale()
                 await set_status(conn, order_id, locked["status"], new_status, cause,
                                  reason=None if reserved else plan.reason, detail={"plan": plan.reason})
+                if reserved:
+                    await conn.execute(Q["order_clear_reason"], order_id)
+                for line, st, why in zip(lines, status, reasons):
+                    await conn.execute(Q["order_line_set_status"], order_id, line["line_no"], st, why)
                 f_rows, r_rows = _fulfillment_rows(order_id, reserved, datetime.now(timezone.utc))
                 if f_rows:
                     await conn.execute(Q["fulfillments_insert_many"], *[list(c) for c in zip(*f_rows)])
@@ -196,6 +221,15 @@ class IntakeService:
         metrics.order_outcome(row["channel"], new_status)
         async with self.pool.acquire() as conn:
             return await load_order(conn, order_id)
+
+    async def retry_backorders(self, sku: str, limit: int = 20) -> int:
+        """Try the oldest backordered orders waiting for `sku` again; returns how many got stock."""
+        ids = [r["id"] for r in await self.pool.fetch(Q["backordered_orders_with_sku"], sku, limit)]
+        allocated = 0
+        for oid in ids:
+            order = await self.allocate_existing(oid, cause="restock")
+            allocated += order.status is OrderStatus.ALLOCATED
+        return allocated
 
     # ---- a new order -----------------------------------------------------------------------
     def _likely_reads(self, order: NormalizedOrder) -> tuple[list[str], list[str]]:
@@ -318,6 +352,10 @@ class IntakeService:
         and the order re-planned without that node, a bounded number of times.
         """
         await self.nodes.refresh()
+        if minutes_left is not None and minutes_left <= 0:
+            # a promise already missed no longer narrows the choice: serve it as soon as possible
+            # (the order view flags it), rather than backorder a paid order that stock can serve
+            minutes_left = None
         request = RouteRequest(ref=ref, mode=routing.Mode(mode), lat=lat, lng=lng, lines=tuple(need),
                                pickup_node_id=pickup_node_id, minutes_left=minutes_left, approximate=approximate)
         skus = sorted({l.sku for l in need})

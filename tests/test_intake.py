@@ -251,3 +251,61 @@ async def test_reservation_race_at_the_chosen_node_reroutes_to_the_next_node(wor
     assert await _availability(services, near, sku) == 0
     assert await _availability(services, nxt, sku) == 2
     assert await _reserved_in_pg(services, sku) == 2
+
+
+async def _status(client, oid: str) -> str:
+    return (await client.get(f"/orders/{oid}")).json()["status"]
+
+
+async def test_backorders_get_stock_when_it_arrives_oldest_first(world, client, services):
+    node = await world.node("restock", HOT_LAT, HOT_LNG)
+    sku = await world.sku("restock")
+    first = (await world.post_order(world.order("wait-1", [(sku, 1)]))).json()
+    second = (await world.post_order(world.order("wait-2", [(sku, 1)]))).json()
+    assert first["status"] == second["status"] == "backordered"
+
+    await world.stock(node, sku, 1)  # one unit arrives
+
+    for _ in range(100):
+        if await _status(client, first["id"]) == "allocated":
+            break
+        await asyncio.sleep(0.05)
+    got = (await client.get(f"/orders/{first['id']}")).json()
+    assert got["status"] == "allocated" and got["reason"] is None
+    assert [l["status"] for l in got["lines"]] == ["open"]
+    assert [h["to_status"] for h in got["history"]] == ["backordered", "allocated"]
+    assert got["history"][-1]["cause"] == "restock"
+    assert await _status(client, second["id"]) == "backordered"
+    assert await _availability(services, node, sku) == 0
+    assert await _reserved_in_pg(services, sku) == 1
+
+
+async def test_allocate_endpoint_retries_a_backorder_and_refuses_other_orders(world, client, services):
+    node = await world.node("retry", HOT_LAT, HOT_LNG)
+    sku = await world.sku("retry")
+    waiting = (await world.post_order(world.order("retry-1", [(sku, 2)]))).json()
+    assert waiting["status"] == "backordered"
+    # stock that arrives without PUT /inventory (e.g. a rebuild): the endpoint retries by hand
+    async with services.pool.acquire() as conn:
+        await conn.execute("insert into stock (node_id, sku, on_hand) values ($1, $2, 2)", node, sku)
+        await inventory.rebuild(conn, services.redis)
+
+    r = await client.post(f"/orders/{waiting['id']}/allocate")
+    assert r.status_code == 200 and r.json()["status"] == "allocated"
+    again = await client.post(f"/orders/{waiting['id']}/allocate")
+    assert again.status_code == 409 and again.json()["current"] == "allocated"
+    assert (await client.post("/orders/nope/allocate")).status_code == 404
+    assert await _reserved_in_pg(services, sku) == 2
+
+
+async def test_a_paid_order_whose_promise_is_already_missed_is_served_and_flagged(world, client):
+    from datetime import datetime, timedelta, timezone
+
+    node = await world.node("missed", HOT_LAT, HOT_LNG)
+    sku = await world.sku("missed")
+    await world.stock(node, sku, 3)
+    paid = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()  # a push delayed by hours
+    order = (await world.post_order(world.order("missed-1", [(sku, 1)], paid_at=paid))).json()
+    view = (await client.get(f"/orders/{order['id']}")).json()
+    assert view["status"] == "allocated" and view["fulfillments"][0]["node_id"] == node
+    assert view["minutes_left"] < 0 and view["at_risk"] is True

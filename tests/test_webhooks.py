@@ -504,7 +504,8 @@ async def test_a_payment_retried_after_a_half_done_attempt_still_allocates(clien
                                 "and external_id = $1", order_no)
     body, headers = wechat_pay(f"EV-{order_no}-retry", order_no, 2580)
     assert (await platform.post("/webhooks/miniprogram", content=body, headers=headers)).status_code == 204
-    assert (await order_of(client, "miniprogram", order_no))["status"] == "allocated"
+    got = await order_of(client, "miniprogram", order_no)
+    assert got["status"] == "allocated", (got["reason"], got["history"], got["lines"])
     assert await available(services, node, tea) == 8
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from typing import Annotated
 
@@ -19,6 +21,7 @@ from oms.services import Services
 
 #: resolution of the H3 cell stored with each node (≈0.46 km edge; see routing/ for the index)
 NODE_H3_RES = 8
+log = logging.getLogger("oms.api")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -110,6 +113,8 @@ class CatalogueController(Controller):
             # the row lock orders concurrent sets of one (node, SKU) the same way in both stores
             await conn.execute(Q["stock_set"], node_id, sku, data.on_hand)
             level = await services.inventory.set_on_hand(node_id, sku, data.on_hand)
+        if level.available > 0:  # orders waiting for this SKU get their chance, oldest first
+            _background(services.intake.retry_backorders(sku))
         return StockOut(node_id=node_id, sku=sku, on_hand=level.on_hand, reserved=level.reserved,
                         available=level.available)
 
@@ -134,3 +139,19 @@ class CatalogueController(Controller):
                                 available=lv.available, distance_m=d))
         out.sort(key=lambda s: (s.distance_m if s.distance_m is not None else 0, s.node_id))
         return Availability(sku=sku, available=sum(max(s.available, 0) for s in out), nodes=out)
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(coro) -> None:
+    """Run after the answer; keep a reference so the task is not collected mid-way."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_done)
+
+
+def _done(task: asyncio.Task) -> None:
+    _tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("retrying backorders failed: %r", task.exception())

@@ -11,7 +11,7 @@ from litestar.params import Parameter
 
 from oms.api.auth import admin_guard
 from oms.domain import NormalizedOrder, Order, OrderStatus
-from oms.errors import InvalidInput
+from oms.errors import Conflict, InvalidInput
 from oms.orders import cancel_order, list_orders, load_order
 from oms.services import Services
 
@@ -64,6 +64,16 @@ class OrderController(Controller):
                                       before=cursor, limit=limit)
         nxt = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(items) == limit else None
         return OrderPage(items=items, next_before=nxt)
+
+    @post("/{order_id:str}/allocate", status_code=200,
+          summary="Route a backordered order again (also done for the oldest ones when stock is set)")
+    async def allocate(self, order_id: str, services: Services) -> Order:
+        async with services.pool.acquire() as conn:
+            current = await load_order(conn, order_id, history=False)
+        if current.status is not OrderStatus.BACKORDERED:
+            raise Conflict(f"order is '{current.status}'; only a backordered order is allocated again",
+                           current=str(current.status))
+        return await services.intake.allocate_existing(order_id, "api:allocate")
 
     @post("/{order_id:str}/cancel", status_code=200, summary="Cancel and release stock; 409 after hand-over")
     async def cancel(self, order_id: str, services: Services, data: CancelIn | None = None) -> Order:

@@ -108,3 +108,15 @@ select * from orders
    and ($4::timestamptz is null or (created_at, id) < ($4, $5))
  order by created_at desc, id desc
  limit $6;
+
+-- name: order_clear_reason
+-- An order that got its stock no longer carries the reason it was waiting.
+update orders set reason = null, updated_at = now() where id = $1;
+
+-- name: backordered_orders_with_sku
+-- Backordered orders with a line of this SKU, oldest first (index orders_by_status).
+select o.id from orders o
+ where o.status = 'backordered'
+   and exists (select 1 from order_lines l where l.order_id = o.id and l.sku = $1 and l.status = 'backordered')
+ order by o.created_at
+ limit $2;
