@@ -3,7 +3,7 @@
 The OMS opens the WebSocket (oms/channels/tmall_worker.py); this module only turns frames into
 values and back, so it can be tested without a network and reused by the fake server in tests.
 
-Frame layout (little-endian), from tmcpy `messageio.py` / `messagetype.py` (pypi-data mirror of
+Frame layout (little-endian), from tmcpy `messageio.py` / `messagetype.py` (the published source of
 tmcpy 0.3.3, a port of the official top-sdk-java TMC client) and mapleflow/tmcpy3
 `tests/test_messageio.py` (byte-exact sample):
 
