@@ -271,8 +271,11 @@ class IntakeService:
         reserved: list[Reserved] = []
         reason: str | None = None
         plan_reason: str | None = None
-        if order.status in (ChannelStatus.UNPAID, ChannelStatus.CANCELLED):
-            status = OrderStatus.CREATED if order.status is ChannelStatus.UNPAID else OrderStatus.CANCELLED
+        if order.status is not ChannelStatus.PAID:
+            # nothing to reserve: not paid yet, cancelled, or already sent by another system
+            status = _FIRST_SEEN_AS[order.status]
+            if status in (OrderStatus.SHIPPED, OrderStatus.DELIVERED):
+                reason = f"reported {order.status} by {order.channel} before the OMS saw it; nothing reserved"
         else:
             need = [placement.PlanLine(l.sku, l.quantity) for i, l in enumerate(order.lines) if line_status[i] == "open"]
             if pickup_problem:
@@ -394,6 +397,15 @@ class IntakeService:
                 await self.inventory.release(r.alloc.node_id, r.fulfillment_id)
             except aioredis.RedisError:
                 log.exception("could not release reservation %s at %s; rebuild-inventory will", r.fulfillment_id, r.alloc.node_id)
+
+
+#: the status of an order whose first news is not "paid"
+_FIRST_SEEN_AS = {
+    ChannelStatus.UNPAID: OrderStatus.CREATED,
+    ChannelStatus.CANCELLED: OrderStatus.CANCELLED,
+    ChannelStatus.SHIPPED: OrderStatus.SHIPPED,
+    ChannelStatus.COMPLETED: OrderStatus.DELIVERED,
+}
 
 
 class _Stale(Exception):

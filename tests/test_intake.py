@@ -309,3 +309,13 @@ async def test_a_paid_order_whose_promise_is_already_missed_is_served_and_flagge
     view = (await client.get(f"/orders/{order['id']}")).json()
     assert view["status"] == "allocated" and view["fulfillments"][0]["node_id"] == node
     assert view["minutes_left"] < 0 and view["at_risk"] is True
+
+
+async def test_an_order_first_seen_as_shipped_reserves_nothing(world, services):
+    node = await world.node("elsewhere", HOT_LAT, HOT_LNG)
+    sku = await world.sku("elsewhere")
+    await world.stock(node, sku, 3)
+    order = (await world.post_order(world.order("sent-1", [(sku, 1)], status="shipped"))).json()
+    assert order["status"] == "shipped" and order["fulfillments"] == []
+    assert "before the OMS saw it" in order["reason"]
+    assert await _availability(services, node, sku) == 3
