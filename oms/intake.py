@@ -388,6 +388,8 @@ class IntakeService:
                     break
                 reserved.append(Reserved(fid, alloc))
             if reserved:
+                for r in reserved:
+                    self.nodes.allocated(r.alloc.node_id)
                 return reserved, plan
         return [], placement.no_plan(need, f"stock moved at {', '.join(lost)} while routing; gave up after {len(lost)} tries")
 

@@ -43,6 +43,8 @@ class NodeDirectory:
         self.nodes: dict[str, RouteNode] = {}
         self.network = routing.Network(())
         self._fingerprint: tuple = ()
+        #: fulfilments this process handed each node (by network index) since loads were counted
+        self._extra: list[int] = []
         self._loaded_at = 0.0
         self._loads_at = 0.0
 
@@ -66,6 +68,7 @@ class NodeDirectory:
         if force or now - self._loads_at >= self.load_age_s:
             loads = {r["node_id"]: r["n"] for r in await self.pool.fetch(Q["open_picks_per_node"])}
             self.network = self.network.with_loads({nid: loads.get(nid, 0) for nid in self.nodes})
+            self._extra = [0] * len(self.network.nodes)
             self._loads_at = now
 
     def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:
@@ -73,4 +76,10 @@ class NodeDirectory:
 
     def plan(self, request: RouteRequest, stock: Mapping[str, Mapping[str, int]],
              exclude: frozenset[str] = frozenset()) -> Plan:
-        return routing.plan(self.network, request, stock, exclude, self.weights)
+        return routing.plan(self.network, request, stock, exclude, self.weights, self._extra or None)
+
+    def allocated(self, node_id: str) -> None:
+        """Count a fulfilment given to the node until the next count of open picks."""
+        i = self.network.index_of(node_id)
+        if i is not None and i < len(self._extra):
+            self._extra[i] += 1

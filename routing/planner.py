@@ -477,13 +477,17 @@ def plan(
     stock: Stock,
     exclude: frozenset[str] = frozenset(),
     weights: CostWeights = CostWeights(),
+    extra_picks: Sequence[int] | None = None,
 ) -> Plan:
     """Route one order over a stock snapshot (node id -> sku -> available units; missing = 0).
+
+    extra_picks (per node index, optional): orders given to each node since its open_picks
+    were counted, so a burst does not bury the nearest store before the next count.
 
     Never allocates more than the snapshot holds at a node; every unit it cannot serve is in
     `unserved` with a reason. One node whenever one node can serve all that is servable; else
     the cheapest set of nodes (CP-SAT), where every shipment pays `weights.shipment`.
     """
     t0 = time.perf_counter_ns()
-    result = plan_with(network, request, stock, exclude, weights)
+    result = plan_with(network, request, stock, exclude, weights, extra_picks)
     return msgspec.structs.replace(result, decision_us=(time.perf_counter_ns() - t0) // 1000)

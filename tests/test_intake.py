@@ -319,3 +319,17 @@ async def test_an_order_first_seen_as_shipped_reserves_nothing(world, services):
     assert order["status"] == "shipped" and order["fulfillments"] == []
     assert "before the OMS saw it" in order["reason"]
     assert await _availability(services, node, sku) == 3
+
+
+async def test_a_burst_does_not_bury_the_nearest_store(world):
+    near = await world.node("burst-near", HOT_LAT, HOT_LNG, capacity=6)  # one pick per 10 minutes
+    nxt = await world.node("burst-next", HOT_LAT + 0.01, HOT_LNG, capacity=60)  # 1.1 km north
+    sku = await world.sku("burst")
+    await world.stock(near, sku, 10)
+    await world.stock(nxt, sku, 10)
+    chosen = []
+    for i in range(4):
+        order = (await world.post_order(world.order(f"burst-{i}", [(sku, 1)]))).json()
+        chosen.append(order["fulfillments"][0]["node_id"])
+    assert chosen[0] == near
+    assert nxt in chosen  # once near's queue costs more than the extra kilometre
