@@ -7,6 +7,9 @@ import asyncio
 import os
 import sys
 
+import asyncpg
+import redis
+
 from oms.config import Settings
 
 
@@ -128,7 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("channel", choices=["tmall", "jd"])
     ch.set_defaults(fn=cmd_channels)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, redis.RedisError) as exc:
+        # a server that cannot be reached or refuses us: say which, without a stack trace
+        print(f"oms {args.cmd}: {_which_server(exc)} is not usable: {exc}", file=sys.stderr)
+        return 1
+
+
+def _which_server(exc: BaseException) -> str:
+    if isinstance(exc, redis.RedisError):
+        return "Redis (OMS_REDIS_URL)"
+    return "PostgreSQL (OMS_DATABASE_URL)" if os.environ.get("OMS_DATABASE_URL") else "a database server"
 
 
 if __name__ == "__main__":

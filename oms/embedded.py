@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("oms.embedded")
@@ -18,7 +19,9 @@ log = logging.getLogger("oms.embedded")
 def postgres_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL 16 and return its URL."""
     try:
-        import pgserver
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "OMS_DATABASE_URL is not set and the embedded PostgreSQL is not installed: "

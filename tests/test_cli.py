@@ -56,3 +56,10 @@ def test_make_run_path_seeds_demo_city_and_serves_healthz_and_nodes(settings):
     finally:
         server.terminate()
         server.wait(20)
+
+
+def test_an_unreachable_database_is_a_clear_message_not_a_traceback(settings):
+    env = {**_env(settings), "OMS_DATABASE_URL": "postgresql://127.0.0.1:1/nowhere"}
+    r = subprocess.run([BIN / "oms", "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "OMS_DATABASE_URL" in r.stderr and "Traceback" not in r.stderr
