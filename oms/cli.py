@@ -69,6 +69,7 @@ def cmd_rebuild_inventory(_: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from oms import embedded, server
 
+    server.check_port(args.host, args.port)
     settings = Settings.from_env()
     db_url, redis_url = embedded.resolve_urls(settings.database_url, settings.redis_url, settings.data_dir)
     embedded_in_use = (settings.database_url is None, settings.redis_url is None)

@@ -27,6 +27,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_port(host: str, port: int) -> None:
+    """Exit with a plain message when the port cannot be listened on (e.g. already in use)."""
+    try:
+        _listen(host, port).close()
+    except OSError as exc:
+        raise SystemExit(f"oms serve: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def _worker(host: str, port: int, log_level: str, reuse_port: bool) -> None:
     import uvicorn
 
@@ -45,7 +53,6 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
         _worker(host, port, log_level, reuse_port=False)
         return
     reuse = hasattr(socket, "SO_REUSEPORT")
-    _listen(host, port).close()  # fail here, once, if the port is taken
     ctx = mp.get_context("spawn")
     procs: list[mp.Process] = []
     stopping = False
