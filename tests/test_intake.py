@@ -26,7 +26,8 @@ async def _stampede(world, sku: str, n: int) -> list[dict]:
 
 
 async def test_thousand_concurrent_orders_for_100_units_allocate_exactly_100(world, services):
-    node = await world.node("hot", HOT_LAT, HOT_LNG)
+    # picking capacity far beyond the burst: only stock may limit what is allocated here
+    node = await world.node("hot", HOT_LAT, HOT_LNG, capacity=1_000_000)
     sku = await world.sku("hot")
     await world.stock(node, sku, 100)
 
@@ -41,7 +42,7 @@ async def test_thousand_concurrent_orders_for_100_units_allocate_exactly_100(wor
 
 
 async def test_stampede_with_stock_spread_over_three_nodes_never_oversells(world, services):
-    nodes = [await world.node(f"n{i}", HOT_LAT + 0.004 * i, HOT_LNG) for i in range(3)]
+    nodes = [await world.node(f"n{i}", HOT_LAT + 0.004 * i, HOT_LNG, capacity=1_000_000) for i in range(3)]
     sku = await world.sku("spread")
     for node, units in zip(nodes, (50, 30, 20)):
         await world.stock(node, sku, units)
