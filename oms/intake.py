@@ -363,14 +363,20 @@ class IntakeService:
                                pickup_node_id=pickup_node_id, minutes_left=minutes_left, approximate=approximate)
         skus = sorted({l.sku for l in need})
         lost: list[str] = []
-        for _ in range(self.settings.reroute_attempts + 1):
-            cands = self.nodes.candidates(request, exclude)
+        wide = False
+        attempts = 0
+        while attempts <= self.settings.reroute_attempts:
+            cands = self.nodes.candidates(request, exclude, wide=wide)
             if prefetched is not None and all(c in prefetched for c in cands):
                 stock = prefetched  # read together with the claim, microseconds ago
             else:
                 stock = await self.inventory.available(cands, skus)
             prefetched = None  # a re-route after a lost race reads afresh
-            plan = self.nodes.plan(request, stock, exclude)
+            plan = self.nodes.plan(request, stock, exclude, wide=wide)
+            if plan.unserved and not wide and self.nodes.can_widen(request, cands):
+                wide = True  # the nearest stores cannot serve it all: look at every covering store
+                continue
+            attempts += 1
             if not plan.allocations:
                 if lost:
                     plan = placement.no_plan(need, f"{plan.reason} (stock moved at {', '.join(lost)} meanwhile)")

@@ -71,12 +71,22 @@ class NodeDirectory:
             self._extra = [0] * len(self.network.nodes)
             self._loads_at = now
 
-    def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:
-        return self.network.candidates(request, exclude)
+    def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset(), *,
+                   wide: bool = False) -> list[str]:
+        return self._net(wide).candidates(request, exclude)
 
     def plan(self, request: RouteRequest, stock: Mapping[str, Mapping[str, int]],
-             exclude: frozenset[str] = frozenset()) -> Plan:
-        return routing.plan(self.network, request, stock, exclude, self.weights, self._extra or None)
+             exclude: frozenset[str] = frozenset(), *, wide: bool = False) -> Plan:
+        return routing.plan(self._net(wide), request, stock, exclude, self.weights, self._extra or None)
+
+    def can_widen(self, request: RouteRequest, candidates: list[str]) -> bool:
+        """A one-hour order was offered only the nearest covering stores; more cover it."""
+        limit = self.network.delivery_limit
+        return request.mode is routing.Mode.DELIVERY and limit is not None and len(candidates) >= limit
+
+    def _net(self, wide: bool) -> routing.Network:
+        # the nearest few covering stores are read first; all of them only when those cannot serve
+        return self.network.widened(None) if wide else self.network
 
     def allocated(self, node_id: str) -> None:
         """Count a fulfilment given to the node until the next count of open picks."""

@@ -274,6 +274,17 @@ class Network:
         clone._delivery_limit = self._delivery_limit
         return clone
 
+    @property
+    def delivery_limit(self) -> int | None:
+        return self._delivery_limit
+
+    def widened(self, delivery_limit: int | None = None) -> Network:
+        """A copy offering more (None: every) covering store for delivery; shares the index and loads."""
+        clone = object.__new__(Network)
+        clone._nodes, clone._index, clone._geo = self._nodes, self._index, self._geo
+        clone._delivery_limit = delivery_limit
+        return clone
+
     # -- candidate search ------------------------------------------------------------------
 
     def delivery_near(self, lat: float, lng: float, approximate: bool = False) -> list[Near]:

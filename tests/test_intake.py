@@ -334,3 +334,17 @@ async def test_a_burst_does_not_bury_the_nearest_store(world):
         chosen.append(order["fulfillments"][0]["node_id"])
     assert chosen[0] == near
     assert nxt in chosen  # once near's queue costs more than the extra kilometre
+
+
+async def test_one_hour_order_looks_past_the_nearest_stores_when_they_cannot_serve(world, services):
+    limit = services.intake.nodes.network.delivery_limit or 30
+    for i in range(limit + 1):  # more empty covering stores than routing offers at first
+        await world.node(f"empty{i}", HOT_LAT + 0.0002 * i, HOT_LNG)
+    stocked = await world.node("far-stocked", HOT_LAT + 0.03, HOT_LNG, radius=5000)  # 3.3 km away
+    sku = await world.sku("deep")
+    await world.stock(stocked, sku, 2)
+
+    order = (await world.post_order(world.order("deep-1", [(sku, 1)]))).json()
+
+    assert order["status"] == "allocated", order["reason"]
+    assert [f["node_id"] for f in order["fulfillments"]] == [stocked]

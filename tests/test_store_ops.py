@@ -233,7 +233,7 @@ async def test_reject_one_line_reroutes_it_and_availability_drops(world, service
     r = await near.reject(order["id"], {"reason": "damaged", "lines": [{"sku": bread, "quantity": 1}]})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["rerouted"] == [{"sku": bread, "quantity": 1}] and body["backordered"] == []
+    assert body["rerouted"] == [{"sku": bread, "quantity": 1}] and body["backordered"] == [], body
     assert body["lines"] == [{"sku": milk, "quantity": 1}] and body["status"] == "allocated"
 
     # the bread is on the second-best store's list, the milk stays on the first's
