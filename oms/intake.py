@@ -254,7 +254,6 @@ class IntakeService:
         for i, l in enumerate(order.lines):
             if l.sku in unknown:
                 line_status[i], line_reason[i] = "backordered", f"unknown SKU '{l.sku}'"
-        await self.nodes.refresh()
         pickup_problem = None
         if order.delivery_mode is DeliveryMode.PICKUP:
             node = self.nodes.nodes.get(order.pickup_node_id or "")

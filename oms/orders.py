@@ -215,7 +215,7 @@ async def cancel_lines(pool: asyncpg.Pool, inventory: Inventory, order_id: str, 
                         if excess <= 0:
                             break
                         n = min(qty, excess)
-                        await conn.fetchval(Q["channel_reservation_reduce"], fid, sku, n)
+                        await conn.fetchval(Q["reservation_reduce"], fid, sku, n)
                         released.append((node_id, fid, [(sku, n)]))
                         gave.append({"node_id": node_id, "sku": sku, "quantity": n})
                         excess -= n

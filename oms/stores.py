@@ -502,7 +502,7 @@ async def reject(svc: Services, node_id: str, order_id: str, reason: str,
                 deltas: dict[str, int] = {}
                 for sku in sorted(rejected):
                     before = await conn.fetchval(Q["store_stock_get_for_update"], node_id, sku) or 0
-                    if await conn.fetchval(Q["store_reservation_reduce"], f["id"], sku, rejected[sku]) is None:
+                    if await conn.fetchval(Q["reservation_reduce"], f["id"], sku, rejected[sku]) is None:
                         raise Conflict("the reservation changed at the same moment; reload and retry", field="lines")
                     await conn.execute(Q["stock_add"], node_id, sku, -rejected[sku])
                     if out_of_stock:

@@ -38,16 +38,6 @@ update orders
        updated_at = now()
  where id = $1 and paid_at is null;
 
--- name: channel_reservation_reduce
--- Take $3 units of one SKU out of an open reservation (a refunded line); all of them closes the
--- row as released. Nothing comes back when the row is no longer open.
-update reservations
-   set state = case when quantity = $3 then 'released' else state end,
-       quantity = case when quantity = $3 then quantity else quantity - $3 end,
-       updated_at = now()
- where fulfillment_id = $1 and sku = $2 and state = 'reserved' and quantity >= $3
-returning sku;
-
 -- name: channel_fulfillment_open_units
 -- Units a fulfilment still holds (reserved) or handed over (committed).
 select coalesce(sum(quantity), 0)::int from reservations

@@ -120,3 +120,13 @@ select o.id from orders o
    and exists (select 1 from order_lines l where l.order_id = o.id and l.sku = $1 and l.status = 'backordered')
  order by o.created_at
  limit $2;
+
+-- name: reservation_reduce
+-- Take $3 units of one SKU out of an open reservation (a refunded line, a rejected unit); all of
+-- them closes the row as released. Nothing comes back when the row is no longer open.
+update reservations
+   set state = case when quantity = $3 then 'released' else state end,
+       quantity = case when quantity = $3 then quantity else quantity - $3 end,
+       updated_at = now()
+ where fulfillment_id = $1 and sku = $2 and state = 'reserved' and quantity >= $3
+returning sku;

@@ -44,15 +44,6 @@ update fulfillments set reason = coalesce($2, reason), updated_at = now() where 
 select sku, quantity, state from reservations
  where fulfillment_id = $1 and state in ('reserved', 'committed') order by sku;
 
--- name: store_reservation_reduce
--- Take $3 units of one SKU out of an open reservation; all of them closes the row as released.
-update reservations
-   set state = case when quantity = $3 then 'released' else state end,
-       quantity = case when quantity = $3 then quantity else quantity - $3 end,
-       updated_at = now()
- where fulfillment_id = $1 and sku = $2 and state = 'reserved' and quantity >= $3
-returning sku;
-
 -- name: store_fulfillment_nodes_rejected
 -- Nodes that already turned this order (or part of it) down: re-routing avoids them.
 select distinct node_id from fulfillments where order_id = $1 and (status = 'rejected' or reason is not null);
