@@ -35,11 +35,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, size: int = 10, server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
-    """A pool whose connections decode json/jsonb to Python values."""
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset on release: for pools whose connections only run single statements."""
+
+
+async def create_pool(url: str, size: int = 10, server_settings: dict[str, str] | None = None,
+                      *, reset_on_release: bool = True) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb to Python values.
+
+    reset_on_release=False skips asyncpg's reset round trip (unlock, close cursors, RESET ALL)
+    each time a connection goes back: only for pools that never leave session state behind.
+    """
     return await asyncpg.create_pool(
         url, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=30,
-        server_settings=server_settings,
+        server_settings=server_settings, reset=None if reset_on_release else _keep_session,
     )
 
 

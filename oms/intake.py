@@ -37,7 +37,7 @@ from oms.domain import (
 )
 from oms.errors import NotFound, Unavailable, UnknownReference
 from oms.ids import id_age_s, new_id
-from oms.inventory import Inventory, parse_available, queue_available
+from oms.inventory import Inventory
 from oms.orders import cancel_order, load_order, minutes_left, set_status
 from oms.writer import NewOrderRows, OrderWriter
 
@@ -101,16 +101,17 @@ class IntakeService:
         key = claim_key(order.channel, order.external_id)
         # the claim holds the id the order will have: waiters find it in PostgreSQL once written
         order_id = new_id("o")
-        # one round trip: the claim, and the availability routing will most likely need
+        # one round trip: the claim, and the availability routing will most likely need (both
+        # queued in this turn of the loop, so they share a pipeline with other requests' commands)
         await self.nodes.refresh()
         cands, skus = self._likely_reads(order)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(key, order_id, nx=True, ex=_CLAIM_TTL_S)
-        queue_available(pipe, cands, skus)
-        replies = await pipe.execute()
-        if not replies[0]:
+        claim = self.inventory.batch.command("SET", key, order_id, "NX", "EX", _CLAIM_TTL_S)
+        try:
+            prefetched = await self.inventory.available(cands, skus) if cands else None
+        finally:
+            claimed = await claim
+        if not claimed:
             return await self._existing(order, key, cause, strict), False
-        prefetched = parse_available(cands, skus, replies[1:]) if cands else None
         try:
             view, created = await asyncio.shield(self._create(order, order_id, cause, strict, prefetched))
         except BaseException:

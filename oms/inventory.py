@@ -18,8 +18,10 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from oms.db import Q
+from oms.redis_batch import RedisBatcher
 
 _LUA = Path(__file__).resolve().parent / "lua"
 
@@ -59,10 +61,15 @@ class StockLevel(msgspec.Struct, frozen=True):
 
 
 class Inventory:
-    """The Lua scripts, bound to one Redis client."""
+    """The Lua scripts, bound to one Redis client.
+
+    Reservations and availability reads of concurrent requests share one pipeline per turn of
+    the event loop (oms.redis_batch): each stays one atomic script or command.
+    """
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
+        self.batch = RedisBatcher(redis, avail_key)
         self._reserve = redis.register_script((_LUA / "reserve.lua").read_text())
         self._release = redis.register_script((_LUA / "release.lua").read_text())
         self._commit = redis.register_script((_LUA / "commit.lua").read_text())
@@ -73,9 +80,11 @@ class Inventory:
         argv: list[str | int] = []
         for sku, qty in _merge(lines).items():
             argv += [sku, qty]
-        res = await self._reserve(
-            keys=[avail_key(node), reserved_key(node), record_key(node, fulfillment_id)], args=argv
-        )
+        keys = [avail_key(node), reserved_key(node), record_key(node, fulfillment_id)]
+        try:
+            res = await self.batch.command("EVALSHA", self._reserve.sha, 3, *keys, *argv)
+        except NoScriptError:  # Redis restarted and forgot the script: this call loads it
+            res = await self._reserve(keys=keys, args=argv)
         code = int(res[0])
         if code == 1:
             return ReserveResult(True)
@@ -106,12 +115,8 @@ class Inventory:
         return StockLevel(node, sku, int(res[0]), int(res[1]))
 
     async def available(self, nodes: Sequence[str], skus: Sequence[str]) -> dict[str, dict[str, int]]:
-        """node -> sku -> available units, for these nodes and SKUs, in one round trip."""
-        if not nodes or not skus:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        queue_available(pipe, nodes, skus)
-        return parse_available(nodes, skus, await pipe.execute())
+        """node -> sku -> available units, for these nodes and SKUs (read-only dicts), in one round trip."""
+        return await self.batch.read_available(nodes, skus)
 
     async def levels(self, nodes: Sequence[str], sku: str) -> list[StockLevel]:
         pipe = self.redis.pipeline(transaction=False)
@@ -140,16 +145,6 @@ class Inventory:
                 if o or r:
                     out[(node, sku.decode())] = (o, r)
         return out
-
-
-def queue_available(pipe, nodes: Sequence[str], skus: Sequence[str]) -> None:
-    """Add the availability reads to a pipeline (so a caller can send them with other commands)."""
-    for node in nodes:
-        pipe.hmget(avail_key(node), skus)
-
-
-def parse_available(nodes: Sequence[str], skus: Sequence[str], replies: Sequence) -> dict[str, dict[str, int]]:
-    return {node: {sku: int(v or 0) for sku, v in zip(skus, vals)} for node, vals in zip(nodes, replies)}
 
 
 def _merge(lines: Iterable[tuple[str, int]]) -> dict[str, int]:

@@ -7,6 +7,8 @@ the candidates whose stock to read, then for a plan over that snapshot.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 
@@ -17,6 +19,8 @@ from oms.db import Q
 from routing import Allocation, Plan, RouteLine, RouteNode, RouteRequest
 
 __all__ = ["Allocation", "NodeDirectory", "Plan", "RouteLine", "no_plan"]
+
+log = logging.getLogger("oms.placement")
 
 # names intake and the store API use
 PlanLine = RouteLine
@@ -47,8 +51,25 @@ class NodeDirectory:
         self._extra: list[int] = []
         self._loaded_at = 0.0
         self._loads_at = 0.0
+        self._task: asyncio.Task | None = None
 
     async def refresh(self, force: bool = False) -> None:
+        """Reload what is stale. Once loaded, callers do not wait for a reload: one background
+        task reloads while requests go on with what is held (a stampede of requests must not
+        each run the same queries). `force` reloads now and waits (after a node was changed)."""
+        if force:
+            await self._reload(force=True)
+            return
+        now = time.monotonic()
+        if now - self._loaded_at < self.max_age_s and now - self._loads_at < self.load_age_s:
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._reload())
+            self._task.add_done_callback(_log_failure)
+        if not self.nodes and self._loads_at == 0.0:
+            await asyncio.shield(self._task)  # nothing held yet: the first load is worth waiting for
+
+    async def _reload(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._loaded_at >= self.max_age_s:
             rows = await self.pool.fetch(Q["nodes_all"])
@@ -93,3 +114,8 @@ class NodeDirectory:
         i = self.network.index_of(node_id)
         if i is not None and i < len(self._extra):
             self._extra[i] += 1
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reloading nodes failed (routing goes on with what it holds): %s", task.exception())

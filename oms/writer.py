@@ -68,12 +68,15 @@ class OrderWriter:
             self._workers -= 1
 
     async def _write_batch(self, batch: list[NewOrderRows]) -> list[bool]:
-        args: list[list] = []
-        for attr, width in (("order", 19), ("lines", 9), ("fulfillments", 7), ("reservations", 5), ("history", 5)):
-            rows = [rows.order for rows in batch] if attr == "order" else [t for rows in batch for t in getattr(rows, attr)]
-            args += [list(col) for col in zip(*rows)] if rows else [[] for _ in range(width)]
+        doc = msgspec.json.encode([
+            [rows.order for rows in batch],
+            [t for rows in batch for t in rows.lines],
+            [t for rows in batch for t in rows.fulfillments],
+            [t for rows in batch for t in rows.reservations],
+            [t for rows in batch for t in rows.history],
+        ]).decode()
         async with self.pool.acquire() as conn:
-            inserted = {r["id"] for r in await conn.fetch(Q["orders_write_batch"], *args)}
+            inserted = {r["id"] for r in await conn.fetch(Q["orders_write_batch"], doc)}
         return [rows.order_id in inserted for rows in batch]
 
 

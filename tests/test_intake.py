@@ -229,23 +229,22 @@ async def test_start_up_check_repairs_redis_out_of_step_with_postgres(world, ser
 
 
 async def test_reservation_race_at_the_chosen_node_reroutes_to_the_next_node(world, services, monkeypatch):
-    import oms.intake
-
     near = await world.node("race-near", HOT_LAT, HOT_LNG)
     nxt = await world.node("race-next", HOT_LAT + 0.01, HOT_LNG)
     sku = await world.sku("race")
     await world.stock(near, sku, 0)  # sold out a moment ago ...
     await world.stock(nxt, sku, 4)
-    real = oms.intake.parse_available
+    real = services.inventory.available
 
-    def stale(nodes, skus, replies):  # ... but the snapshot routing saw still had 3 there
-        got = real(nodes, skus, replies)
+    async def stale(nodes, skus):  # ... but the snapshot routing saw still had 3 there
+        got = {n: dict(per) for n, per in (await real(nodes, skus)).items()}
         if near in got:
             got[near][sku] = 3
         return got
 
-    monkeypatch.setattr(oms.intake, "parse_available", stale)
+    monkeypatch.setattr(services.inventory, "available", stale)
     order = (await world.post_order(world.order("race-1", [(sku, 2)]))).json()
+    monkeypatch.undo()
 
     assert order["status"] == "allocated"
     assert [f["node_id"] for f in order["fulfillments"]] == [nxt]

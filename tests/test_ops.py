@@ -152,15 +152,13 @@ async def test_metrics_parse_as_prometheus_text_and_counters_move(client, world,
     assert sample(after, "oms_oversold_pairs", source="redis") == 0
 
     # a reservation that loses the race: routing saw stock that was gone when it reserved
-    import oms.intake
+    real = services.inventory.available
 
-    real = oms.intake.parse_available
-
-    def stale(nodes, skus, replies):  # the read that goes out with the claim
-        got = real(nodes, skus, replies)
+    async def stale(nodes, skus):  # every read routing makes
+        got = await real(nodes, skus)
         return {n: {s: (a + 100 if (n, s) == (node, sku) else a) for s, a in per.items()} for n, per in got.items()}
 
-    monkeypatch.setattr(oms.intake, "parse_available", stale)
+    monkeypatch.setattr(services.inventory, "available", stale)
     lost = await posted(world, world.order("met-race", [(sku, 2)], channel="douyin"))
     monkeypatch.undo()
     assert lost["status"] == "backordered"

@@ -1,40 +1,46 @@
 -- name: orders_write_batch
 -- One statement, one round trip, one implicit transaction for a whole batch of new orders:
 -- orders that already exist for (channel, external_id) are skipped together with their children.
--- Parameters: $1..$19 order columns, $20..$28 line columns, $29..$35 fulfilment columns,
--- $36..$40 reservation columns, $41..$45 history columns (arrays, one element per row).
-with new_orders as (
+-- $1 is one JSON array of five arrays of rows (each row an array of column values, in the column
+-- order below): orders, lines, fulfilments, reservations, history. JSON because encoding a
+-- batch as one document costs the client far less than 45 typed arrays element by element;
+-- jsonb so PostgreSQL parses it once, not once per field read.
+with batch as (
+    select $1::text::jsonb as b
+), new_orders as (
     insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
                         dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
                         promised_by, paid_at, total_fen, freight_fen, discount_fen, reason,
                         channel_updated_at)
-    select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::jsonb[], $8::float8[], $9::float8[], $10::text[], $11::bool[],
-                         $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[],
-                         $16::bigint[], $17::bigint[], $18::text[], $19::timestamptz[])
+    select r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->6)::jsonb,
+           (r->>7)::float8, (r->>8)::float8, r->>9, (r->>10)::bool, r->>11,
+           (r->>12)::timestamptz, (r->>13)::timestamptz, (r->>14)::bigint,
+           (r->>15)::bigint, (r->>16)::bigint, r->>17, (r->>18)::timestamptz
+      from batch, jsonb_array_elements(b->0) r
     on conflict (channel, external_id) do nothing
     returning id
 ), new_lines as (
     insert into order_lines (order_id, line_no, sku, quantity, unit_price_fen, platform_line_id,
                              platform_sku_id, status, reason)
-    select * from unnest($20::text[], $21::int[], $22::text[], $23::int[], $24::bigint[],
-                         $25::text[], $26::text[], $27::text[], $28::text[]) as t(o)
-     where t.o in (select id from new_orders)
+    select r->>0, (r->>1)::int, r->>2, (r->>3)::int, (r->>4)::bigint, r->>5, r->>6, r->>7, r->>8
+      from batch, jsonb_array_elements(b->1) r
+     where r->>0 in (select id from new_orders)
 ), new_fulfillments as (
     insert into fulfillments (id, order_id, node_id, status, role, distance_m, ready_by)
-    select * from unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
-                         $34::float8[], $35::timestamptz[]) as t(f, o)
-     where t.o in (select id from new_orders)
+    select r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::float8, (r->>6)::timestamptz
+      from batch, jsonb_array_elements(b->2) r
+     where r->>1 in (select id from new_orders)
     returning id
 ), new_reservations as (
     insert into reservations (fulfillment_id, sku, order_id, node_id, quantity, state)
-    select f, s, o, n, q, 'reserved'
-      from unnest($36::text[], $37::text[], $38::text[], $39::text[], $40::int[]) as t(f, s, o, n, q)
-     where t.f in (select id from new_fulfillments)
+    select r->>0, r->>1, r->>2, r->>3, (r->>4)::int, 'reserved'
+      from batch, jsonb_array_elements(b->3) r
+     where r->>0 in (select id from new_fulfillments)
 ), new_history as (
     insert into order_history (order_id, from_status, to_status, cause, detail)
-    select * from unnest($41::text[], $42::text[], $43::text[], $44::text[], $45::jsonb[]) as t(o)
-     where t.o in (select id from new_orders)
+    select r->>0, r->>1, r->>2, r->>3, (r->4)::jsonb
+      from batch, jsonb_array_elements(b->4) r
+     where r->>0 in (select id from new_orders)
 )
 select id from new_orders;
 
