@@ -3,8 +3,9 @@ then check from PostgreSQL that no (node, SKU) is oversold.
 
     .venv/bin/python loadtests/ingest.py [--orders 30000] [--concurrency 64] [--clients 1]
 
-Runs its own embedded servers under .oms-bench (or OMS_DATABASE_URL / OMS_REDIS_URL), seeds the
-demo city with deep stock plus one hot SKU with little stock, and sends traffic only to 127.0.0.1.
+Runs its own embedded servers under .oms-bench, emptied first unless --keep (or uses
+OMS_DATABASE_URL / OMS_REDIS_URL / OMS_DATA_DIR as given), seeds the demo city with deep stock
+plus one hot SKU with little stock, and sends traffic only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -89,12 +91,18 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=1, help="load-generator processes")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2000)
+    ap.add_argument("--keep", action="store_true", help="reuse .oms-bench instead of starting empty")
     args = ap.parse_args()
 
     env = dict(os.environ)
     env.setdefault("OMS_DATA_DIR", str(ROOT / ".oms-bench"))
     env["OMS_ADMIN_TOKEN"] = token = "bench-token"
     oms = [str(BIN / "oms")]
+    own = not (env.get("OMS_DATABASE_URL") or env.get("OMS_REDIS_URL")) and "OMS_DATA_DIR" not in os.environ
+    if own and not args.keep:
+        # every run starts from empty servers, so runs compare (open picks, keys and rows pile up)
+        subprocess.run(oms + ["stop-embedded"], env=env, check=True, capture_output=True)
+        shutil.rmtree(env["OMS_DATA_DIR"], ignore_errors=True)
     subprocess.run(oms + ["migrate"], env=env, check=True, capture_output=True)
     subprocess.run(oms + ["seed-demo"], env=env, check=True, capture_output=True)
     # deep stock everywhere, and one hot SKU with 200 units at the warehouse only
