@@ -34,6 +34,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds() -> dict[int, tuple[str, int, float]]:
+    """pid -> (command name, parent pid, CPU seconds so far), for every process (Linux /proc)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        name, rest = st[st.index("(") + 1 : st.rindex(")")], st[st.rindex(")") + 2 :].split()
+        out[int(d)] = (name, int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
+    return out
+
+
+def cpu_split(before: dict, after: dict, server_pid: int) -> dict[str, float]:
+    """CPU seconds spent between two readings by the server's workers, PostgreSQL, Redis, the rest."""
+    split = {"oms workers": 0.0, "postgres": 0.0, "redis": 0.0, "load generator + other": 0.0}
+    for pid, (name, ppid, t) in after.items():
+        spent = t - before.get(pid, (name, ppid, 0.0))[2]
+        if ppid == server_pid or pid == server_pid:
+            split["oms workers"] += spent
+        elif name == "postgres":
+            split["postgres"] += spent
+        elif name == "redis-server":
+            split["redis"] += spent
+        else:
+            split["load generator + other"] += spent
+    return split
+
+
 def build_bodies(n: int, seed: int, skus: list[str], hot: str, prefix: str) -> list[bytes]:
     rnd = random.Random(seed)
     out = []
@@ -146,6 +179,7 @@ asyncio.run(main())
 
         bodies = build_bodies(args.orders, 2, skus, "SKU-HOT-1", prefix)
         per = [bodies[i::args.clients] for i in range(args.clients)]
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         procs = [mp.Process(target=_client_process, args=(port, token, chunk, max(1, args.concurrency // args.clients), q))
                  for chunk in per]
@@ -153,6 +187,7 @@ asyncio.run(main())
             p.start()
         results = [q.get() for _ in procs]
         elapsed = time.perf_counter() - t0
+        cpu = cpu_split(cpu0, cpu_seconds(), server.pid)
         for p in procs:
             p.join()
         lat = sorted(x for r in results for x in r[0])
@@ -183,6 +218,8 @@ asyncio.run(main())
         print(f"orders: {len(lat)} in {elapsed:.2f} s with {args.concurrency} connections, {args.workers} workers, {args.clients} load process(es)")
         print(f"throughput: {len(lat) / elapsed:,.0f} orders/s")
         print(f"latency: p50 {q50:.1f} ms, p99 {q99:.1f} ms, mean {statistics.fmean(lat) * 1000:.1f} ms")
+        print("CPU per order (ms): " + ", ".join(f"{k} {v / len(lat) * 1000:.3f}" for k, v in cpu.items())
+              + f"; machine {sum(cpu.values()) / elapsed * 100:.0f}% of one core busy on average")
         print(f"HTTP status counts: {codes}")
         print(f"order statuses: {out[3].strip()}")
         print(f"hot SKU (200 units): {out[1]} reserved")
