@@ -4,7 +4,8 @@ Under a stampede every order wants a claim, a few availability reads and a reser
 one request at a time, each of those is a round trip whose client-side cost (packing, a pool
 checkout, a timeout, parsing) is far larger than Redis's work. The batcher queues what the
 requests of one loop turn ask for and sends it as one pipeline while the next turn's requests
-queue behind it; availability reads for the same node are merged into one HMGET.
+queue behind it; availability reads for the same node are merged into one HMGET. It uses
+redis-py's connection pool and reply parser, and packs commands with hiredis.
 
 Nothing changes in meaning: every command is still a single atomic Redis command or Lua script,
 replies go back to exactly the caller that asked, and a command's error is raised in its caller.
@@ -16,7 +17,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 #: node id -> the hash key holding its available units per SKU
 AvailKey = Callable[[str], str]
@@ -94,12 +97,9 @@ class RedisBatcher:
             for node in r.nodes:
                 wanted.setdefault(node, set()).update(r.skus)
         by_node = {node: sorted(skus) for node, skus in wanted.items()}
-        pipe = self.redis.pipeline(transaction=False)
-        for c in commands:
-            pipe.execute_command(*c.args)
-        for node, skus in by_node.items():
-            pipe.execute_command("HMGET", self.avail_key(node), *skus)
-        replies = await pipe.execute(raise_on_error=False)
+        wire = [c.args for c in commands]
+        wire += [("HMGET", self.avail_key(node), *skus) for node, skus in by_node.items()]
+        replies = await self._pipeline(wire)
 
         for c, reply in zip(commands, replies):
             if not c.future.done():
@@ -121,3 +121,26 @@ class RedisBatcher:
                 r.future.set_exception(failed)
             else:
                 r.future.set_result({n: levels[n] for n in r.nodes})
+
+    async def _pipeline(self, wire: list[tuple]) -> list[Any]:
+        """Send commands in one write and read their raw replies (a command's error as a value).
+
+        redis-py's own pipeline packs each argument in Python and runs reply callbacks; on the
+        hot path hiredis packs the whole batch in C and replies stay raw (what our callers want).
+        """
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command([hiredis.pack_command(args) for args in wire], check_health=False)
+            replies: list[Any] = []
+            for _ in wire:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: the connection must not be reused as is
+            raise
+        finally:
+            await pool.release(conn)
+        return replies
