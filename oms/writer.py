@@ -31,7 +31,7 @@ class NewOrderRows(msgspec.Struct, kw_only=True):
 
 
 class OrderWriter:
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 256, parallel: int = 2) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 256, parallel: int = 1) -> None:
         self.pool = pool
         self.max_batch = max_batch
         self.parallel = parallel
