@@ -108,8 +108,12 @@ class IntakeService:
         claim = self.inventory.batch.command("SET", key, order_id, "NX", "EX", _CLAIM_TTL_S)
         try:
             prefetched = await self.inventory.available(cands, skus) if cands else None
-        finally:
-            claimed = await claim
+        except BaseException:
+            # the reads failed: a claim that went through must not hold the order for 30 s
+            if (await asyncio.gather(claim, return_exceptions=True))[0] in (b"OK", True):
+                await self._drop_claim(key, order_id)
+            raise
+        claimed = await claim
         if not claimed:
             return await self._existing(order, key, cause, strict), False
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 #: node id -> the hash key holding its available units per SKU
 AvailKey = Callable[[str], str]
@@ -97,9 +97,18 @@ class RedisBatcher:
             for node in r.nodes:
                 wanted.setdefault(node, set()).update(r.skus)
         by_node = {node: sorted(skus) for node, skus in wanted.items()}
-        wire = [c.args for c in commands]
-        wire += [("HMGET", self.avail_key(node), *skus) for node, skus in by_node.items()]
-        replies = await self._pipeline(wire)
+        packed: list[bytes] = []
+        sendable: list[_Command] = []
+        for c in commands:
+            try:
+                packed.append(hiredis.pack_command(c.args))
+            except TypeError as exc:  # an argument Redis cannot take: that caller's error alone
+                c.future.set_exception(DataError(f"cannot send {c.args[0]} to Redis: {exc}"))
+            else:
+                sendable.append(c)
+        commands = sendable
+        packed += [hiredis.pack_command(("HMGET", self.avail_key(node), *skus)) for node, skus in by_node.items()]
+        replies = await self._pipeline(packed)
 
         for c, reply in zip(commands, replies):
             if not c.future.done():
@@ -122,16 +131,18 @@ class RedisBatcher:
             else:
                 r.future.set_result({n: levels[n] for n in r.nodes})
 
-    async def _pipeline(self, wire: list[tuple]) -> list[Any]:
-        """Send commands in one write and read their raw replies (a command's error as a value).
+    async def _pipeline(self, wire: list[bytes]) -> list[Any]:
+        """Send packed commands in one write and read their raw replies (an error as a value).
 
         redis-py's own pipeline packs each argument in Python and runs reply callbacks; on the
         hot path hiredis packs the whole batch in C and replies stay raw (what our callers want).
         """
+        if not wire:
+            return []
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command([hiredis.pack_command(args) for args in wire], check_health=False)
+            await conn.send_packed_command(wire, check_health=False)
             replies: list[Any] = []
             for _ in wire:
                 try:

@@ -347,3 +347,26 @@ async def test_one_hour_order_looks_past_the_nearest_stores_when_they_cannot_ser
 
     assert order["status"] == "allocated", order["reason"]
     assert [f["node_id"] for f in order["fulfillments"]] == [stocked]
+
+
+async def test_a_failed_availability_read_lets_go_of_the_claim(world, services, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from oms.intake import claim_key
+
+    node = await world.node("claim-drop", HOT_LAT, HOT_LNG)
+    sku = await world.sku("claim-drop")
+    await world.stock(node, sku, 3)
+    body = world.order("claim-drop-1", [(sku, 1)])
+
+    async def broken(nodes, skus):
+        raise RedisConnectionError("connection reset while reading availability")
+
+    monkeypatch.setattr(services.inventory, "available", broken)
+    failed = await world.post_order(body)
+    monkeypatch.undo()
+    assert failed.status_code == 503
+    assert await services.redis.exists(claim_key(body["channel"], body["external_id"])) == 0
+
+    retried = await world.post_order(body)  # the platform's retry is served at once, not after 30 s
+    assert retried.status_code == 201 and retried.json()["status"] == "allocated"

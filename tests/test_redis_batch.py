@@ -6,11 +6,18 @@ import asyncio
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from oms import inventory
 from oms.inventory import Inventory
 from oms.redis_batch import RedisBatcher
+
+
+def _unpack(packed: bytes) -> tuple[str, ...]:
+    """A RESP-packed command back to its arguments (bulk strings are plain text here)."""
+    parts = packed.split(b"\r\n")  # *N, then $len and the argument for each of the N
+    n = int(parts[0][1:])
+    return tuple(p.decode() for p in parts[2 : 2 + 2 * n : 2])
 
 
 def _counting(batcher: RedisBatcher) -> list[list[tuple]]:
@@ -19,7 +26,7 @@ def _counting(batcher: RedisBatcher) -> list[list[tuple]]:
     real = batcher._pipeline
 
     async def spy(wire):
-        sent.append(list(wire))
+        sent.append([_unpack(w) for w in wire])
         return await real(wire)
 
     batcher._pipeline = spy
@@ -70,6 +77,16 @@ async def test_a_command_error_reaches_only_its_caller(services, uid):
     assert isinstance(results[0], ResponseError) and "WRONGTYPE" in str(results[0])
     assert results[1] == b"not a list" and results[2] == 1
     await services.redis.delete(key, f"{key}:n")
+
+
+async def test_an_argument_redis_cannot_take_fails_only_its_caller(services, uid):
+    batcher = RedisBatcher(services.redis, inventory.avail_key)
+    results = await asyncio.gather(batcher.command("SET", f"test:ok:{uid}", "v"),
+                                   batcher.command("SET", f"test:bad:{uid}", None), return_exceptions=True)
+    assert results[0] in (b"OK", True)
+    assert isinstance(results[1], DataError)
+    assert await services.redis.exists(f"test:bad:{uid}") == 0
+    await services.redis.delete(f"test:ok:{uid}")
 
 
 async def test_a_lost_connection_fails_its_batch_and_the_next_batch_works(services, uid):
