@@ -14,12 +14,14 @@ replies go back to exactly the caller that asked, and a command's error is raise
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: node id -> the hash key holding its available units per SKU
 AvailKey = Callable[[str], str]
@@ -144,13 +146,17 @@ class RedisBatcher:
         try:
             await conn.send_packed_command(wire, check_health=False)
             replies: list[Any] = []
-            for _ in wire:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except BaseException:
+            # one deadline for the whole batch rather than one timer per reply
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in wire:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except BaseException as exc:
             await conn.disconnect()  # replies may be left unread: the connection must not be reused as is
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"Redis did not answer {len(wire)} commands within {conn.socket_timeout} s") from exc
             raise
         finally:
             await pool.release(conn)
