@@ -25,7 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/routing_bench.py
-	$(BIN)/python loadtests/ingest.py
+	$(BIN)/python loadtests/intake_core.py
+	$(BIN)/python loadtests/ingest.py --orders 20000 --concurrency 64
 
 stop:
 	$(BIN)/oms stop-embedded
