@@ -84,12 +84,14 @@ class RedisBatcher:
                 reads, self._reads = self._reads, []
                 try:
                     await self._send(commands, reads)
-                except BaseException as exc:  # the connection failed: every caller of the batch hears it
+                except Exception as exc:  # the connection failed: every caller of the batch hears it
                     for op in (*commands, *reads):
                         if not op.future.done():
                             op.future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
+                except BaseException:  # cancelled (shutdown): so are the callers' waits
+                    for op in (*commands, *reads):
+                        op.future.cancel()
+                    raise
         finally:
             self._running = False
 
@@ -154,7 +156,10 @@ class RedisBatcher:
                     except ResponseError as exc:
                         replies.append(exc)
         except BaseException as exc:
-            await conn.disconnect()  # replies may be left unread: the connection must not be reused as is
+            try:  # replies may be left unread: the connection must not be reused as is
+                await conn.disconnect()
+            except Exception:  # already broken; the pool reconnects it on next use
+                pass
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(f"Redis did not answer {len(wire)} commands within {conn.socket_timeout} s") from exc
             raise
