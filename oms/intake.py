@@ -110,7 +110,7 @@ class IntakeService:
             prefetched = await self.inventory.available(cands, skus) if cands else None
         except BaseException:
             # the reads failed: a claim that went through must not hold the order for 30 s
-            if (await asyncio.gather(claim, return_exceptions=True))[0] in (b"OK", True):
+            if (await asyncio.gather(claim, return_exceptions=True))[0] == b"OK":
                 await self._drop_claim(key, order_id)
             raise
         claimed = await claim

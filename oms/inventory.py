@@ -115,7 +115,7 @@ class Inventory:
         return StockLevel(node, sku, int(res[0]), int(res[1]))
 
     async def available(self, nodes: Sequence[str], skus: Sequence[str]) -> dict[str, dict[str, int]]:
-        """node -> sku -> available units, for these nodes and SKUs (read-only dicts), in one round trip."""
+        """node -> sku -> available units, for these nodes and SKUs, in one round trip."""
         return await self.batch.read_available(nodes, skus)
 
     async def levels(self, nodes: Sequence[str], sku: str) -> list[StockLevel]:

@@ -59,10 +59,7 @@ class RedisBatcher:
         return fut
 
     def read_available(self, nodes: Sequence[str], skus: Sequence[str]) -> asyncio.Future:
-        """Queue a read of available units; the future holds node -> sku -> units.
-
-        The inner dicts may be shared with other callers of the same batch: read, do not change.
-        """
+        """Queue a read of available units; the future holds node -> sku -> units (these only)."""
         fut = asyncio.get_running_loop().create_future()
         if not nodes or not skus:
             fut.set_result({})
@@ -120,20 +117,20 @@ class RedisBatcher:
                     c.future.set_exception(reply)
                 else:
                     c.future.set_result(reply)
-        levels: dict[str, dict[str, int]] = {}
+        levels: dict[str, dict[str, bytes | None]] = {}
         failed: Exception | None = None
         for (node, skus), reply in zip(by_node.items(), replies[len(commands):]):
             if isinstance(reply, Exception):
                 failed = reply
                 continue
-            levels[node] = {sku: int(v or 0) for sku, v in zip(skus, reply)}
+            levels[node] = dict(zip(skus, reply))
         for r in reads:
             if r.future.done():
                 continue
             if failed is not None and any(n not in levels for n in r.nodes):
                 r.future.set_exception(failed)
-            else:
-                r.future.set_result({n: levels[n] for n in r.nodes})
+            else:  # each caller gets its own dicts, holding just the SKUs it asked for
+                r.future.set_result({n: {s: int(levels[n][s] or 0) for s in r.skus} for n in r.nodes})
 
     async def _pipeline(self, wire: list[bytes]) -> list[Any]:
         """Send packed commands in one write and read their raw replies (an error as a value).
