@@ -174,8 +174,8 @@ def main() -> int:
     setup = """
 import asyncio, os
 from oms.config import Settings
-from oms.services import Services
-from oms import inventory
+from oms.wiring import Services
+from oms.stock import inventory
 async def main():
     s = await Services.start(Settings.from_env(), prepare=False)
     async with s.pool.acquire() as c:
@@ -230,9 +230,9 @@ asyncio.run(main())
         check = """
 import asyncio
 from oms.config import Settings
-from oms.services import Services
-from oms.db import Q
-from oms import inventory
+from oms.wiring import Services
+from oms.infra.db import Q
+from oms.stock import inventory
 async def main():
     s = await Services.start(Settings.from_env(), prepare=False)
     async with s.pool.acquire() as c:

@@ -30,15 +30,15 @@ async def run(n: int, concurrency: int) -> None:
     import msgspec
 
     from oms.config import Settings
-    from oms.domain import NormalizedOrder
-    from oms.services import Services
+    from oms.orders.model import NormalizedOrder
+    from oms.wiring import Services
 
     s = await Services.start(Settings.from_env(), prepare=True)
     try:
         async with s.pool.acquire() as c:
             await c.execute("update stock set on_hand = 100000")
             skus = [r["sku"] for r in await c.fetch("select sku from skus order by sku")]
-            from oms import inventory
+            from oms.stock import inventory
 
             await inventory.rebuild(c, s.redis)
         raw = build_bodies(n + 2000, 7, skus, skus[0], f"core{time.time_ns()}")

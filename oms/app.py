@@ -19,7 +19,7 @@ from oms.api.orders import OrderController
 from oms.api import ops as ops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
 from oms.config import Settings
-from oms.services import Services, prepared_by_parent
+from oms.wiring import Services, prepared_by_parent
 
 
 @get("/healthz", summary="Liveness and readiness: PostgreSQL and Redis answer", tags=["ops"])

@@ -14,7 +14,7 @@ from oms.config import Settings
 
 
 async def _with_services(fn, prepare: bool = True):
-    from oms.services import Services
+    from oms.wiring import Services
 
     services = await Services.start(Settings.from_env(), prepare=prepare)
     try:
@@ -24,7 +24,7 @@ async def _with_services(fn, prepare: bool = True):
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    from oms import db
+    from oms.infra import db
 
     async def run(s):
         async with s.pool.acquire() as conn:
@@ -36,9 +36,9 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
-    from oms import inventory
-    from oms.db import Q
-    from oms.seed import seed_demo
+    from oms.stock import inventory
+    from oms.infra.db import Q
+    from oms.demo.seed import seed_demo
 
     async def run(s):
         async with s.pool.acquire() as conn:
@@ -54,7 +54,8 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_inventory(_: argparse.Namespace) -> int:
-    from oms import db, inventory
+    from oms.infra import db
+    from oms.stock import inventory
 
     async def run(s):
         async with s.pool.acquire() as conn:
@@ -67,7 +68,8 @@ def cmd_rebuild_inventory(_: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from oms import embedded, server
+    from oms.infra import embedded
+    from oms import server
 
     server.check_port(args.host, args.port)
     settings = Settings.from_env()
@@ -78,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.run(_with_services(lambda s: asyncio.sleep(0)))  # migrate + inventory check
     os.environ["OMS_PREPARED"] = "1"
     if args.workers > 1:  # one Prometheus directory for every worker: /metrics reports one truth
-        from oms import metrics
+        from oms.ops import metrics
 
         metrics.use_multiprocess_dir()
     print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
@@ -96,14 +98,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_channels(args: argparse.Namespace) -> int:
     import logging
 
-    from oms.channel_intake import run_channel_worker
+    from oms.channels.inbox import run_channel_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(run_channel_worker(args.channel))
 
 
 def cmd_stop_embedded(_: argparse.Namespace) -> int:
-    from oms import embedded
+    from oms.infra import embedded
 
     settings = Settings.from_env()
     pg = embedded.stop_postgres(settings.data_dir)

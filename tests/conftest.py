@@ -13,7 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from oms import embedded
+from oms.infra import embedded
 from oms.config import Settings
 
 ADMIN_TOKEN = "test-admin-token"
@@ -81,7 +81,7 @@ async def settings(server_urls) -> Settings:
 @pytest_asyncio.fixture(scope="session")
 async def services(settings):
     """The app's services, started in the tests' event loop (so tests may use them directly)."""
-    from oms.services import Services
+    from oms.wiring import Services
 
     svc = await Services.start(settings)
     yield svc

@@ -25,7 +25,7 @@ from channel_fakes import FakeHttpServer, Request  # noqa: E402
 from test_channel_jd_worker import Clock, FakeJos, at  # noqa: E402
 from test_channel_tmall_worker import FakeTmc, wait_until  # noqa: E402
 
-from oms.channel_intake import PgWatermarkStore, ServiceIntake  # noqa: E402
+from oms.channels.inbox import PgWatermarkStore, ServiceIntake  # noqa: E402
 from oms.channels.backoff import Backoff  # noqa: E402
 from oms.channels.config import JdConfig, TmallConfig  # noqa: E402
 from oms.channels.jd_worker import WATERMARK_KEY, JdPoller  # noqa: E402
@@ -43,7 +43,7 @@ async def leave_the_catalogue_as_found(services):
     """This module runs before tests/test_cli.py, which seeds the demo city only into an empty
     catalogue: at the end, cancel our orders (their stock released) and remove our SKUs again."""
     yield
-    from oms.orders import cancel_order
+    from oms.orders.cancel import cancel_order
 
     for node, sku in _CREATED:
         for oid in {r["order_id"] for r in await services.pool.fetch(

@@ -6,7 +6,7 @@ import math
 
 import msgspec
 
-from oms.demo_city import (
+from oms.demo.city import (
     DEMO_NODES,
     DEMO_SKUS,
     DEMO_WAREHOUSE_ID,

@@ -6,7 +6,7 @@ import time
 
 from hypothesis import given, strategies as st
 
-from oms import ids
+from oms.infra import ids
 
 
 @given(st.integers(min_value=0, max_value=36**10 - 1), st.integers(min_value=1, max_value=10))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from oms import inventory
+from oms.stock import inventory
 
 HOT_LAT, HOT_LNG = 31.2304, 121.4737  # 人民广场
 
@@ -336,7 +336,7 @@ async def test_a_burst_does_not_bury_the_nearest_store(world):
 
 
 async def test_one_hour_order_looks_past_the_nearest_stores_when_they_cannot_serve(world, services):
-    limit = services.intake.nodes.network.delivery_limit or 30
+    limit = services.nodes.network.delivery_limit or 30
     for i in range(limit + 1):  # more empty covering stores than routing offers at first
         await world.node(f"empty{i}", HOT_LAT + 0.0002 * i, HOT_LNG)
     stocked = await world.node("far-stocked", HOT_LAT + 0.03, HOT_LNG, radius=5000)  # 3.3 km away
@@ -352,7 +352,7 @@ async def test_one_hour_order_looks_past_the_nearest_stores_when_they_cannot_ser
 async def test_a_failed_availability_read_lets_go_of_the_claim(world, services, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from oms.intake import claim_key
+    from oms.orders.claims import claim_key
 
     node = await world.node("claim-drop", HOT_LAT, HOT_LNG)
     sku = await world.sku("claim-drop")

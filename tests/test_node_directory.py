@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from oms import placement
-from oms.db import Q
+from oms.network.directory import NodeDirectory
+from oms.infra.db import Q
 
 
 class CountingPool:
@@ -25,7 +25,7 @@ class CountingPool:
 
 async def test_the_first_refresh_waits_for_the_nodes(services, world):
     await world.node("dir-first", 31.23, 121.47)
-    directory = placement.NodeDirectory(CountingPool(services.pool))
+    directory = NodeDirectory(CountingPool(services.pool))
     await directory.refresh()
     assert world.id("dir-first") in directory.nodes
 
@@ -33,7 +33,7 @@ async def test_the_first_refresh_waits_for_the_nodes(services, world):
 async def test_a_burst_of_requests_on_stale_nodes_runs_one_reload_and_nobody_waits(services, world):
     await world.node("dir-burst", 31.23, 121.47)
     counting = CountingPool(services.pool)
-    directory = placement.NodeDirectory(counting)
+    directory = NodeDirectory(counting)
     await directory.refresh()
     counting.sent.clear()
     directory._loaded_at = directory._loads_at = 1.0  # long ago: both the nodes and the loads are stale

@@ -18,7 +18,7 @@ import h3
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from oms import inventory
+from oms.stock import inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 LAT, LNG = 31.2304, 121.4737

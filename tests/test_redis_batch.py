@@ -8,9 +8,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 
-from oms import inventory
-from oms.inventory import Inventory
-from oms.redis_batch import RedisBatcher
+from oms.stock import inventory
+from oms.stock.inventory import Inventory
+from oms.stock.redis_batch import RedisBatcher
 
 
 def _unpack(packed: bytes) -> tuple[str, ...]:

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from oms import stores
-from oms.db import Q
-from oms.inventory import avail_key, expected_from_postgres
+from oms.stores import expiry, handover, model, picklist, status
+from oms.infra.db import Q
+from oms.stock.inventory import avail_key, expected_from_postgres
 
 # Each test works in its own corner of Shanghai (from its uid), so the nodes other tests leave
 # behind never crowd its candidates: the buyer at DEST, one store NEAR (~70 m), one FAR (~1.7 km).
@@ -445,9 +445,9 @@ async def test_uncollected_pickup_is_cancelled_after_the_configured_time(world, 
 
     now = datetime.now(timezone.utc)
     hours = services.settings.pickup_expiry_hours
-    assert order["id"] not in await stores.expire_uncollected_pickups(services, now=now + timedelta(hours=hours - 1))
+    assert order["id"] not in await expiry.expire_uncollected_pickups(services, now=now + timedelta(hours=hours - 1))
     assert (await get_order(world.c, order["id"]))["status"] == "ready_for_pickup"
-    expired = await stores.expire_uncollected_pickups(services, now=now + timedelta(hours=hours, minutes=1),
+    expired = await expiry.expire_uncollected_pickups(services, now=now + timedelta(hours=hours, minutes=1),
                                                       node_id=s.id)
     assert expired == [order["id"]]
 
@@ -457,7 +457,7 @@ async def test_uncollected_pickup_is_cancelled_after_the_configured_time(world, 
     assert (lv["on_hand"], lv["reserved"]) == (2, 0)  # stock returned
     r = await s.collect(code)
     assert r.status_code == 409 and "cancelled" in r.json()["message"]
-    assert await stores.expire_uncollected_pickups(services, now=now + timedelta(hours=hours + 5), node_id=s.id) == []
+    assert await expiry.expire_uncollected_pickups(services, now=now + timedelta(hours=hours + 5), node_id=s.id) == []
     await assert_consistent(services, [s.id])
 
 
@@ -470,7 +470,7 @@ async def test_repeated_wrong_codes_are_throttled(world, services):
     order = await place(world, "t1", [(fan, 1)], mode="pickup", pickup=s.id)
     assert (await s.picked(order["id"])).status_code == 200
     code = (await get_order(world.c, order["id"]))["fulfillments"][0]["pickup_code"]
-    wrong = [str((int(code) + i) % 10**6).zfill(6) for i in range(1, stores.WRONG_CODE_LIMIT + 1)]
+    wrong = [str((int(code) + i) % 10**6).zfill(6) for i in range(1, model.WRONG_CODE_LIMIT + 1)]
 
     for w in wrong:
         assert (await s.collect(w)).status_code == 404
@@ -479,7 +479,7 @@ async def test_repeated_wrong_codes_are_throttled(world, services):
     assert (await other.collect(wrong[0])).status_code == 404  # another store is not affected
     assert (await get_order(world.c, order["id"]))["status"] == "ready_for_pickup"
 
-    await services.redis.delete(stores._wrong_code_key(s.id))  # the window passes
+    await services.redis.delete(handover.wrong_code_key(s.id))  # the window passes
     assert (await s.collect(code)).status_code == 200
 
 
@@ -508,13 +508,13 @@ async def test_picklist_orders_by_promise_flags_at_risk_and_supports_etag(world,
     assert body["by_sku"] == [{"sku": pen, "quantity": 4, "orders": ids}]
 
     # half an hour on, nobody has picked: the older one (20 min left < 1 picking + 25 courier) is at risk
-    later = await stores.pick_list(services, s.id, now=now + timedelta(minutes=30))
+    later = await picklist.pick_list(services, s.id, now=now + timedelta(minutes=30))
     assert [(e.order_id, e.at_risk) for e in later.items] == [
         (older["id"], True), (fresh["id"], False), (pickup["id"], False)]
     assert later.at_risk == 1 and 15 < later.items[0].minutes_left <= 20
     # and 25 minutes before its promise a picked delivery waiting for the courier is at risk too
     assert (await s.picked(fresh["id"])).status_code == 200
-    later = await stores.pick_list(services, s.id, now=now + timedelta(minutes=36))
+    later = await picklist.pick_list(services, s.id, now=now + timedelta(minutes=36))
     assert [(e.order_id, e.at_risk) for e in later.awaiting_handover] == [(fresh["id"], True)]
     assert [(e.order_id, e.at_risk) for e in later.items] == [(older["id"], True), (pickup["id"], False)]
 
@@ -539,7 +539,7 @@ async def test_picklist_orders_by_promise_flags_at_risk_and_supports_etag(world,
 
 def test_order_status_follows_fulfilments():
     def f(mode, *statuses, transfers=()):
-        return stores.order_status_from(mode, [(s, "serve") for s in statuses] + [(s, "transfer") for s in transfers])
+        return status.order_status_from(mode, [(s, "serve") for s in statuses] + [(s, "transfer") for s in transfers])
 
     assert f("delivery", "allocated") == "allocated"
     assert f("delivery", "picked", "allocated") == "picking"
@@ -554,10 +554,10 @@ def test_order_status_follows_fulfilments():
     assert f("pickup", transfers=["shipped"]) == "picking"
     assert f("pickup", "ready_for_pickup", transfers=["shipped", "rejected"]) == "ready_for_pickup"
     assert f("pickup", "collected", transfers=["shipped"]) == "collected"
-    assert stores.status_path("picking", "shipped") == ["picked", "shipped"]
-    assert stores.status_path("picked", "picking") == ["allocated", "picking"]
+    assert status.status_path("picking", "shipped") == ["picked", "shipped"]
+    assert status.status_path("picked", "picking") == ["allocated", "picking"]
     with pytest.raises(Exception) as e:
-        stores.status_path("collected", "allocated")
+        status.status_path("collected", "allocated")
     assert getattr(e.value, "status_code", None) == 409
 
 

@@ -31,7 +31,7 @@ import test_adapter_tmall as tmt  # noqa: E402
 from channel_fakes import FakeHttpServer, Request  # noqa: E402
 
 from oms.api import webhooks as webhooks_api  # noqa: E402
-from oms.channel_intake import PgSkuMapSource  # noqa: E402
+from oms.channels.inbox import PgSkuMapSource  # noqa: E402
 from oms.channels.config import ChannelsConfig, DouyinConfig, JdConfig, TmallConfig  # noqa: E402
 
 LAT, LNG = 31.2304, 121.4737  # 人民广场 (GCJ-02)

@@ -13,11 +13,11 @@ from litestar import Controller, Response, get, put
 from litestar.params import Parameter
 
 from oms.api.auth import admin_guard
-from oms.db import Q
-from oms.domain import Node, NodeIn
+from oms.infra.db import Q
+from oms.network.model import Node, NodeIn
 from oms.errors import InvalidInput, UnknownReference
 from routing import distance_m
-from oms.services import Services
+from oms.wiring import Services
 
 #: resolution of the H3 cell stored with each node (≈0.46 km edge; see routing/ for the index)
 NODE_H3_RES = 8
@@ -82,7 +82,7 @@ class CatalogueController(Controller):
             sorted(str(c) for c in set(data.capabilities)), data.delivery_radius_m, data.capacity_per_hour,
             data.city, data.active,
         )
-        await services.intake.nodes.refresh(force=True)
+        await services.nodes.refresh(force=True)
         row = await services.pool.fetchrow(Q["node_get"], node_id)
         return Response(_node(row), status_code=201 if created else 200)
 
@@ -98,7 +98,7 @@ class CatalogueController(Controller):
 
     @put("/sku-map/{channel:str}/{platform_sku_id:str}", summary="Map a platform SKU id without a merchant code")
     async def put_sku_map(self, channel: str, platform_sku_id: str, data: SkuMapIn, services: Services) -> dict:
-        if await services.intake.skus.unknown({data.sku}):
+        if await services.skus.unknown({data.sku}):
             raise UnknownReference(f"unknown SKU '{data.sku}'", field="sku")
         await services.pool.execute(Q["sku_map_put"], channel, platform_sku_id, data.sku)
         return {"channel": channel, "platform_sku_id": platform_sku_id, "sku": data.sku}
@@ -107,14 +107,14 @@ class CatalogueController(Controller):
     async def put_stock(self, node_id: str, sku: SkuPath, data: StockIn, services: Services) -> StockOut:
         if await services.pool.fetchrow(Q["node_get"], node_id) is None:
             raise UnknownReference(f"unknown node '{node_id}'", field="node_id")
-        if await services.intake.skus.unknown({sku}):
+        if await services.skus.unknown({sku}):
             raise UnknownReference(f"unknown SKU '{sku}': create it with PUT /skus/{sku}", field="sku")
         async with services.pool.acquire() as conn, conn.transaction():
             # the row lock orders concurrent sets of one (node, SKU) the same way in both stores
             await conn.execute(Q["stock_set"], node_id, sku, data.on_hand)
             level = await services.inventory.set_on_hand(node_id, sku, data.on_hand)
         if level.available > 0:  # orders waiting for this SKU get their chance, oldest first
-            _background(services.intake.retry_backorders(sku))
+            _background(services.allocator.retry_backorders(sku))
         return StockOut(node_id=node_id, sku=sku, on_hand=level.on_hand, reserved=level.reserved,
                         available=level.available)
 
@@ -124,10 +124,10 @@ class CatalogueController(Controller):
                         lng: Annotated[float | None, Parameter(ge=-180, le=180)] = None) -> Availability:
         if (lat is None) != (lng is None):
             raise InvalidInput("give both lat and lng, or neither", field="lat" if lat is None else "lng")
-        if await services.intake.skus.unknown({sku}):
+        if await services.skus.unknown({sku}):
             raise UnknownReference(f"unknown SKU '{sku}'", field="sku")
-        await services.intake.nodes.refresh()
-        nodes = services.intake.nodes.nodes
+        await services.nodes.refresh()
+        nodes = services.nodes.nodes
         levels = await services.inventory.levels(sorted(nodes), sku)
         out = []
         for lv in levels:

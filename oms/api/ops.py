@@ -17,12 +17,14 @@ from typing import Annotated
 from litestar import Response, get
 from litestar.params import Parameter
 
-from oms import metrics, ops
+from oms.ops import summary as ops
+
+from oms.ops import metrics
 from oms.api.auth import admin_guard
 from oms.errors import InvalidInput, NotFound
-from oms.services import Services
+from oms.wiring import Services
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "ops" / "static"
 #: the files GET /ops/assets/{name} serves, with their media types (litestar adds the charset to text/*)
 ASSETS = {
     "ops.js": "text/javascript",

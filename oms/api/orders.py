@@ -10,10 +10,11 @@ from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from oms.api.auth import admin_guard
-from oms.domain import NormalizedOrder, Order, OrderStatus
+from oms.orders.model import NormalizedOrder, Order, OrderStatus
 from oms.errors import Conflict, InvalidInput
-from oms.orders import cancel_order, list_orders, load_order
-from oms.services import Services
+from oms.orders.cancel import cancel_order
+from oms.orders.read import list_orders, load_order
+from oms.wiring import Services
 
 
 class CancelIn(msgspec.Struct, kw_only=True):
@@ -73,7 +74,7 @@ class OrderController(Controller):
         if current.status is not OrderStatus.BACKORDERED:
             raise Conflict(f"order is '{current.status}'; only a backordered order is allocated again",
                            current=str(current.status))
-        return await services.intake.allocate_existing(order_id, "api:allocate")
+        return await services.allocator.allocate_existing(order_id, "api:allocate")
 
     @post("/{order_id:str}/cancel", status_code=200, summary="Cancel and release stock; 409 after hand-over")
     async def cancel(self, order_id: str, services: Services, data: CancelIn | None = None) -> Order:

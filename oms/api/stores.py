@@ -13,10 +13,10 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from oms import stores
+from oms.stores import expiry, handover, model, picking, picklist, reject, tokens
 from oms.api.auth import admin_guard, bearer
 from oms.errors import Forbidden, Unauthorized
-from oms.services import Services
+from oms.wiring import Services
 
 
 async def store_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -24,7 +24,7 @@ async def store_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     token = bearer(connection)
     if token is None:
         raise Unauthorized("missing store token: send 'Authorization: Bearer <token>'", field="authorization")
-    owner = await stores.token_owner(connection.app.state.services.pool, token)
+    owner = await tokens.token_owner(connection.app.state.services.pool, token)
     if owner is None:
         raise Unauthorized("unknown or revoked store token", field="authorization")
     node_id = connection.path_params.get("node_id")
@@ -55,16 +55,16 @@ class StoreTokenController(Controller):
     tags = ["store operations"]
 
     @post("", status_code=201, summary="Issue a store token (shown once; only its hash is kept)")
-    async def issue(self, node_id: str, services: Services, data: TokenIn | None = None) -> stores.IssuedToken:
-        return await stores.issue_token(services.pool, node_id, data.label if data else "")
+    async def issue(self, node_id: str, services: Services, data: TokenIn | None = None) -> model.IssuedToken:
+        return await tokens.issue_token(services.pool, node_id, data.label if data else "")
 
     @get("", summary="A node's tokens (never the secrets)")
-    async def list_tokens(self, node_id: str, services: Services) -> list[stores.TokenInfo]:
-        return await stores.list_tokens(services.pool, node_id)
+    async def list_tokens(self, node_id: str, services: Services) -> list[model.TokenInfo]:
+        return await tokens.list_tokens(services.pool, node_id)
 
     @delete("/{token_id:str}", status_code=204, summary="Revoke a store token (at once)")
     async def revoke(self, node_id: str, token_id: str, services: Services) -> None:
-        await stores.revoke_token(services.pool, node_id, token_id)
+        await tokens.revoke_token(services.pool, node_id, token_id)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -80,35 +80,35 @@ class StoreController(Controller):
     tags = ["store operations"]
 
     @get("/picklist", summary="Work allocated here and not yet picked, most urgent first; ETag / If-None-Match")
-    async def picklist(self, node_id: str, request: Request, services: Services) -> Response[stores.PickList]:
-        await stores.expire_pickups_now_and_then(services, node_id)
-        now = stores.utcnow()
-        etag = await stores.pick_list_etag(services, node_id, now)
+    async def picklist(self, node_id: str, request: Request, services: Services) -> Response[model.PickList]:
+        await expiry.expire_pickups_now_and_then(services, node_id)
+        now = model.utcnow()
+        etag = await picklist.pick_list_etag(services, node_id, now)
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(content=b"", status_code=304, headers=headers)
-        return Response(await stores.pick_list(services, node_id, now), headers=headers)
+        return Response(await picklist.pick_list(services, node_id, now), headers=headers)
 
     @post("/orders/{order_id:str}/picked", status_code=200,
           summary="Picked: delivery ready for the courier; pickup ready, and a code goes to the buyer")
-    async def picked(self, node_id: str, order_id: str, services: Services) -> stores.StoreOrder:
-        return await stores.mark_picked(services, node_id, order_id)
+    async def picked(self, node_id: str, order_id: str, services: Services) -> model.StoreOrder:
+        return await picking.mark_picked(services, node_id, order_id)
 
     @post("/orders/{order_id:str}/reject", status_code=200,
           summary="Cannot serve (part of) it: units leave availability, re-routed in this request")
-    async def reject(self, node_id: str, order_id: str, data: RejectIn, services: Services) -> stores.StoreOrder:
+    async def reject(self, node_id: str, order_id: str, data: RejectIn, services: Services) -> model.StoreOrder:
         lines = None if data.lines is None else [(l.sku, l.quantity) for l in data.lines]
-        return await stores.reject(services, node_id, order_id, data.reason, lines)
+        return await reject.reject(services, node_id, order_id, data.reason, lines)
 
     @post("/orders/{order_id:str}/shipped", status_code=200,
           summary="The courier took it: reservation committed, on-hand down")
-    async def shipped(self, node_id: str, order_id: str, services: Services) -> stores.StoreOrder:
-        return await stores.mark_shipped(services, node_id, order_id)
+    async def shipped(self, node_id: str, order_id: str, services: Services) -> model.StoreOrder:
+        return await handover.mark_shipped(services, node_id, order_id)
 
     @post("/pickups/{code:str}", status_code=200,
           summary="The buyer collected with this code: wrong 404, used 409, too many wrong 429")
-    async def collect(self, node_id: str, code: str, services: Services) -> stores.StoreOrder:
-        return await stores.collect_pickup(services, node_id, code)
+    async def collect(self, node_id: str, code: str, services: Services) -> model.StoreOrder:
+        return await handover.collect_pickup(services, node_id, code)
 
 
 ROUTES: list = [StoreTokenController, StoreController]

@@ -17,8 +17,8 @@ import time
 from litestar import Litestar, Request, Response, post
 
 from adapters.common import WebhookReply
-from oms import metrics
-from oms.channel_intake import PgSkuMapSource, ServiceIntake
+from oms.ops import metrics
+from oms.channels.inbox import PgSkuMapSource, ServiceIntake
 from oms.channels.config import ChannelsConfig, load_config
 from oms.channels.webhooks import handle_douyin, handle_jd_relay, handle_miniprogram, handle_tmall_relay
 

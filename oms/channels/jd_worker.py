@@ -32,7 +32,7 @@ from adapters.timeutil import now_beijing
 from oms.channels.backoff import Backoff, sleep_unless
 from oms.channels.config import JdConfig
 from oms.channels.fetch import search_jd_orders
-from oms.channels.intake import Intake, SkuMapSource, StaticSkuMap
+from oms.channels.ports import Intake, SkuMapSource, StaticSkuMap
 from oms.channels.rejections import log_rejection
 
 log = logging.getLogger("oms.channels.jd")

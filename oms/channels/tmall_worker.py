@@ -30,7 +30,7 @@ from adapters.normalized import Channel, ChannelEventKind
 from oms.channels.backoff import Backoff, sleep_unless
 from oms.channels.config import TmallConfig
 from oms.channels.fetch import FetchError, fetch_tmall_trade
-from oms.channels.intake import Intake, SkuMapSource, StaticSkuMap
+from oms.channels.ports import Intake, SkuMapSource, StaticSkuMap
 from oms.channels.rejections import log_rejection
 
 log = logging.getLogger("oms.channels.tmall")

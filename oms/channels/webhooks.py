@@ -30,7 +30,7 @@ from adapters.errors import AdapterError
 from adapters.normalized import Channel, ChannelEvent, ChannelEventKind
 from oms.channels.config import DouyinConfig, JdConfig, MiniprogramConfig, TmallConfig
 from oms.channels.fetch import FetchError, fetch_douyin_order, fetch_jd_order, fetch_tmall_trade
-from oms.channels.intake import Intake, IntakeError, SkuMapSource, StaticSkuMap
+from oms.channels.ports import Intake, IntakeError, SkuMapSource, StaticSkuMap
 from oms.channels.rejections import log_rejection
 
 log = logging.getLogger("oms.channels.webhooks")

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from adapters.miniprogram import check_paid_amount
 from adapters.errors import AdapterError
 from adapters.normalized import ChannelEvent, ChannelEventKind, ChannelStatus, NormalizedOrder
-from oms.channels.intake import IntakeError
+from oms.channels.ports import IntakeError
 
 
 @dataclass

@@ -25,7 +25,7 @@ from channel_fakes import FakeHttpServer, RecordingIntake, Request  # noqa: E402
 
 from adapters.normalized import ChannelStatus  # noqa: E402
 from oms.channels.config import DouyinConfig, JdConfig, MiniprogramConfig, TmallConfig  # noqa: E402
-from oms.channels.intake import StaticSkuMap  # noqa: E402
+from oms.channels.ports import StaticSkuMap  # noqa: E402
 from oms.channels.webhooks import (  # noqa: E402
     handle_douyin,
     handle_jd_relay,

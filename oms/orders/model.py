@@ -1,10 +1,10 @@
-"""The service's domain model: statuses, the one transition table, and the shapes it returns."""
+"""Orders: statuses, the transition tables, and the shapes the API returns."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, NewType
+from typing import NewType
 
 import msgspec
 
@@ -99,45 +99,6 @@ def check_fulfillment_transition(current: FulfillmentStatus | str, new: Fulfillm
     return nxt
 
 
-class NodeKind(enum.StrEnum):
-    STORE = "store"
-    WAREHOUSE = "warehouse"
-
-
-class Capability(enum.StrEnum):
-    DELIVERY = "delivery"
-    PICKUP = "pickup"
-    SHIP = "ship"
-
-
-class NodeIn(msgspec.Struct, frozen=True, kw_only=True):
-    """Body of PUT /nodes/{node_id}."""
-
-    kind: NodeKind
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
-    lng: Annotated[float, msgspec.Meta(ge=-180, le=180)]
-    capabilities: list[Capability] = []
-    delivery_radius_m: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
-    capacity_per_hour: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
-    city: str | None = None
-    active: bool = True
-
-
-class Node(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    kind: NodeKind
-    name: str
-    lat: float
-    lng: float
-    h3_cell: str
-    capabilities: list[Capability]
-    delivery_radius_m: int
-    capacity_per_hour: int
-    city: str | None = None
-    active: bool = True
-
-
 class FulfillmentLine(msgspec.Struct, frozen=True):
     sku: str
     quantity: int
@@ -193,3 +154,17 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     history: list[HistoryEntry] | None = None
+
+
+#: the status of an order whose first news is not "paid": nothing is reserved for it
+_FIRST_SEEN_AS = {
+    ChannelStatus.UNPAID: OrderStatus.CREATED,
+    ChannelStatus.CANCELLED: OrderStatus.CANCELLED,
+    ChannelStatus.SHIPPED: OrderStatus.SHIPPED,
+    ChannelStatus.COMPLETED: OrderStatus.DELIVERED,
+}
+
+
+def first_seen_status(channel_status: ChannelStatus) -> OrderStatus:
+    """Our status for an order first seen in a channel status other than paid."""
+    return _FIRST_SEEN_AS[channel_status]

@@ -6,8 +6,8 @@ import asyncpg
 import h3
 
 from oms.api.catalogue import NODE_H3_RES
-from oms.db import Q
-from oms.demo_city import DEMO_NODES, DEMO_SKUS, demo_stock
+from oms.infra.db import Q
+from oms.demo.city import DEMO_NODES, DEMO_SKUS, demo_stock
 
 
 async def seed_demo(conn: asyncpg.Connection) -> dict[str, int]:

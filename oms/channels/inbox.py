@@ -55,12 +55,12 @@ from adapters.normalized import (
     NormalizedOrder,
     OrderLine,
 )
-from oms import metrics
-from oms.channels.intake import IntakeError
-from oms.db import Q
-from oms.domain import HANDED_OVER, OrderStatus
+from oms.ops import metrics
+from oms.channels.ports import IntakeError
+from oms.infra.db import Q
+from oms.orders.model import HANDED_OVER, OrderStatus
 from oms.errors import IllegalTransition, OmsError
-from oms.orders import cancel_lines, cancel_order
+from oms.orders.cancel import cancel_lines, cancel_order
 
 log = logging.getLogger("oms.channel_intake")
 
@@ -243,7 +243,7 @@ class ServiceIntake:
         await self.pool.execute(Q["order_fill_paid_at"], view.id, paid_at or datetime.now(timezone.utc),
                                 self.services.settings.delivery_promise_minutes)
         if view.status == OrderStatus.CREATED and view.channel_status == ChannelStatus.PAID:
-            await self.services.intake.allocate_existing(view.id, cause)
+            await self.services.allocator.allocate_existing(view.id, cause)
 
     async def _stored_order(self, oid: str) -> NormalizedOrder:
         """The stored order in the adapters' shape (for the paid-amount check and status updates)."""
@@ -307,12 +307,12 @@ class PgWatermarkStore:
 # ---- `oms channels tmall|jd` ---------------------------------------------------------------------
 async def run_channel_worker(channel: str, *, env: Mapping[str, str] | None = None) -> int:
     """Run the TMC consumer or the JD poller, feeding ServiceIntake, until SIGINT/SIGTERM."""
-    from oms import db
+    from oms.infra import db
     from oms.channels.config import load_config
     from oms.channels.jd_worker import JdPoller
     from oms.channels.tmall_worker import TmallWorker
     from oms.config import Settings
-    from oms.services import Services
+    from oms.wiring import Services
 
     if channel not in ("tmall", "jd"):
         log.error("no channel worker for '%s' (tmall or jd)", channel)

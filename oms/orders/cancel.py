@@ -1,134 +1,16 @@
-"""Reading orders back, and the status changes that happen after intake (cancel)."""
+"""Cancelling orders and refunded lines: PostgreSQL first, then the stock goes back in Redis."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import asyncpg
 
-from oms import metrics
-from oms.db import Q
-from oms.domain import (
-    OPEN_FULFILLMENT,
-    Destination,
-    Fulfillment,
-    FulfillmentLine,
-    FulfillmentStatus,
-    HistoryEntry,
-    Order,
-    OrderLineView,
-    OrderStatus,
-    check_transition,
-)
-from oms.errors import NotFound
-from oms.inventory import Inventory
-
-
-def minutes_left(promised_by: datetime | None, status: str, now: datetime | None = None) -> float | None:
-    """Minutes until the promise, while the order is still in our hands."""
-    if promised_by is None or status in ("shipped", "collected", "delivered", "cancelled"):
-        return None
-    now = now or datetime.now(timezone.utc)
-    return round((promised_by - now).total_seconds() / 60, 1)
-
-
-#: nominal minutes to pick one order when the store's queue is unknown (the pick list knows better)
-PICK_MINUTES = 10
-
-
-def at_risk(left: float | None, status: str, mode: str, courier_minutes: int) -> bool:
-    """True when a delivery cannot make its promise unless it moves now."""
-    if left is None or mode != "delivery":
-        return False
-    if status == OrderStatus.PICKED:
-        return left < courier_minutes
-    return status in (OrderStatus.ALLOCATED, OrderStatus.PICKING) and left < courier_minutes + PICK_MINUTES
-
-
-def order_from_rows(row, lines, fulfillments, reservations, history=None, *, with_codes: bool = True,
-                    courier_minutes: int = 25) -> Order:
-    by_f: dict[str, list[FulfillmentLine]] = {}
-    for r in reservations:
-        by_f.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
-    return Order(
-        id=row["id"],
-        channel=row["channel"],
-        external_id=row["external_id"],
-        status=OrderStatus(row["status"]),
-        channel_status=row["channel_status"],
-        delivery_mode=row["delivery_mode"],
-        destination=Destination(
-            lat=row["dest_lat"], lng=row["dest_lng"], address=row["dest_address"],
-            approximate=row["dest_approximate"],
-        ),
-        lines=[
-            OrderLineView(sku=l["sku"], quantity=l["quantity"], unit_price=l["unit_price_fen"],
-                          status=l["status"], reason=l["reason"])
-            for l in lines
-        ],
-        fulfillments=[
-            Fulfillment(
-                id=f["id"], node_id=f["node_id"], status=FulfillmentStatus(f["status"]),
-                lines=sorted(by_f.get(f["id"], []), key=lambda x: x.sku), role=f["role"],
-                distance_m=f["distance_m"], pickup_code=f["pickup_code"] if with_codes else None,
-                ready_by=f["ready_by"],
-            )
-            for f in fulfillments
-        ],
-        reason=row["reason"],
-        pickup_node_id=row["pickup_node_id"],
-        total_fen=row["total_fen"],
-        paid_at=row["paid_at"],
-        promised_by=row["promised_by"],
-        minutes_left=(left := minutes_left(row["promised_by"], row["status"])),
-        at_risk=at_risk(left, row["status"], row["delivery_mode"], courier_minutes),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        history=None if history is None else [
-            HistoryEntry(at=h["at"], from_status=h["from_status"], to_status=h["to_status"],
-                         cause=h["cause"], detail=h["detail"])
-            for h in history
-        ],
-    )
-
-
-async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool = True,
-                     courier_minutes: int = 25) -> Order:
-    row = await conn.fetchrow(Q["order_by_id"], order_id)
-    if row is None:
-        raise NotFound(f"no order with id '{order_id}'", field="id")
-    return order_from_rows(
-        row,
-        await conn.fetch(Q["order_lines_by_order"], order_id),
-        await conn.fetch(Q["fulfillments_by_order"], order_id),
-        await conn.fetch(Q["reservations_by_order"], order_id),
-        await conn.fetch(Q["history_by_order"], order_id) if history else None,
-        courier_minutes=courier_minutes,
-    )
-
-
-async def list_orders(conn: asyncpg.Connection, *, channel: str | None, external_id: str | None,
-                      status: str | None, before: tuple[datetime, str] | None, limit: int) -> list[Order]:
-    rows = await conn.fetch(Q["orders_list"], channel, external_id, status,
-                            before[0] if before else None, before[1] if before else None, limit)
-    out = []
-    for row in rows:
-        oid = row["id"]
-        out.append(order_from_rows(
-            row,
-            await conn.fetch(Q["order_lines_by_order"], oid),
-            await conn.fetch(Q["fulfillments_by_order"], oid),
-            await conn.fetch(Q["reservations_by_order"], oid),
-        ))
-    return out
-
-
-async def set_status(conn: asyncpg.Connection, order_id: str, current: str, new: OrderStatus, cause: str,
-                     *, reason: str | None = None, detail: dict | None = None) -> None:
-    """The one writer of orders.status: checks the transition table and records the history."""
-    check_transition(current, new)
-    await conn.execute(Q["order_set_status"], order_id, str(new), reason)
-    await conn.execute(Q["history_insert"], order_id, current, str(new), cause, detail)
+from oms.infra.db import Q
+from oms.ops import metrics
+from oms.orders.model import HANDED_OVER, OPEN_FULFILLMENT, ORDER_TRANSITIONS, FulfillmentStatus, Order, OrderStatus
+from oms.errors import IllegalTransition, NotFound
+from oms.orders.read import load_order
+from oms.orders.status import set_status
+from oms.stock.inventory import Inventory
 
 
 async def cancel_order(pool: asyncpg.Pool, inventory: Inventory, order_id: str, cause: str,
@@ -165,9 +47,6 @@ async def cancel_lines(pool: asyncpg.Pool, inventory: Inventory, order_id: str, 
     an order whose every line is cancelled is cancelled even if an earlier attempt stopped midway.
     After hand-over: 409 (the goods are with the buyer; a return is another flow).
     """
-    from oms.domain import HANDED_OVER, ORDER_TRANSITIONS  # local: keeps this addition self-contained
-    from oms.errors import IllegalTransition
-
     wanted = set(platform_line_ids)
     released: list[tuple[str, str, list[tuple[str, int]] | None]] = []  # (node, fulfilment, lines|all)
     async with pool.acquire() as conn:

@@ -8,9 +8,16 @@ import os
 import asyncpg
 import redis.asyncio as aioredis
 
-from oms import db, embedded, inventory
+from oms.infra import db, embedded
+
+from oms.stock import inventory
 from oms.config import Settings
-from oms.intake import IntakeService
+from oms.network.directory import NodeDirectory
+from oms.orders.allocate import Allocator
+from oms.orders.intake import IntakeService
+from oms.orders.writer import OrderWriter
+from oms.stock.catalogue import SkuCatalogue
+from oms.stock.inventory import Inventory
 
 log = logging.getLogger("oms")
 
@@ -22,8 +29,12 @@ class Services:
         self.pool = pool
         self.write_pool = write_pool
         self.redis = redis
-        self.intake = IntakeService(settings, pool, redis, write_pool=write_pool)
-        self.inventory = self.intake.inventory
+        self.inventory = Inventory(redis)
+        self.nodes = NodeDirectory(pool)
+        self.skus = SkuCatalogue(pool)
+        self.allocator = Allocator(settings, pool, self.inventory, self.nodes)
+        self.writer = OrderWriter(write_pool or pool, max_batch=settings.write_batch_max)
+        self.intake = IntakeService(settings, pool, redis, self.allocator, self.skus, self.writer)
 
     @classmethod
     async def start(cls, settings: Settings, *, prepare: bool = True) -> "Services":

@@ -22,10 +22,10 @@ import h3
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
-from oms import metrics
-from oms.db import Q
-from oms.inventory import Inventory
-from oms.placement import haversine_m
+from oms.ops import metrics
+from oms.infra.db import Q
+from oms.stock.inventory import Inventory
+from routing import distance_m
 
 #: the day of a sale starts at midnight China time (no daylight saving there)
 SALE_TZ = timezone(timedelta(hours=8))
@@ -388,9 +388,9 @@ def city_map(active_nodes: list[Any], city: str | None = None) -> CityMap:
                          elsewhere=len(active_nodes))
     else:
         center = (statistics.median(n["lat"] for n in stores), statistics.median(n["lng"] for n in stores))
-        near = [n for n in nodes if haversine_m(center[0], center[1], n["lat"], n["lng"]) <= MAP_RADIUS_M]
+        near = [n for n in nodes if distance_m(center[0], center[1], n["lat"], n["lng"]) <= MAP_RADIUS_M]
         near_stores = [n for n in near if n["kind"] == "store"]
-        extent = max((haversine_m(center[0], center[1], n["lat"], n["lng"]) for n in near), default=0.0)
+        extent = max((distance_m(center[0], center[1], n["lat"], n["lng"]) for n in near), default=0.0)
         res = 8 if extent < 6_000 else 7
         step_m = h3.average_hexagon_edge_length(res, "m") * math.sqrt(3)  # centre to centre
         owner: dict[str, tuple[float, list[str]]] = {}
@@ -406,7 +406,7 @@ def city_map(active_nodes: list[Any], city: str | None = None) -> CityMap:
                 if cell in home:
                     continue
                 clat, clng = h3.cell_to_latlng(cell)
-                d = haversine_m(clat, clng, n["lat"], n["lng"])
+                d = distance_m(clat, clng, n["lat"], n["lng"])
                 best = owner.get(cell)
                 if best is None or d < best[0] - 1.0:
                     owner[cell] = (d, [n["id"]])

@@ -13,21 +13,8 @@ from collections import deque
 import asyncpg
 import msgspec
 
-from oms.db import Q
-
-
-class NewOrderRows(msgspec.Struct, kw_only=True):
-    """Everything one new order writes, as column tuples in the order of the sql/ queries."""
-
-    order: tuple
-    lines: list[tuple] = []
-    fulfillments: list[tuple] = []
-    reservations: list[tuple] = []
-    history: list[tuple] = []
-
-    @property
-    def order_id(self) -> str:
-        return self.order[0]
+from oms.infra.db import Q
+from oms.orders.rows import NewOrderRows
 
 
 class OrderWriter:

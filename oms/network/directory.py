@@ -15,18 +15,10 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 import routing
-from oms.db import Q
-from routing import Allocation, Plan, RouteLine, RouteNode, RouteRequest
+from oms.infra.db import Q
+from routing import Plan, RouteLine, RouteNode, RouteRequest
 
-__all__ = ["Allocation", "NodeDirectory", "Plan", "RouteLine", "no_plan"]
-
-log = logging.getLogger("oms.placement")
-
-# names intake and the store API use
-PlanLine = RouteLine
-PlanAllocation = Allocation
-Placement = Plan
-haversine_m = routing.distance_m
+log = logging.getLogger("oms.network")
 
 
 def no_plan(lines: Sequence[RouteLine], reason: str) -> Plan:

@@ -12,7 +12,7 @@ Available = on-hand - reserved. PostgreSQL holds the same facts (`stock`, `reser
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -20,8 +20,8 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from oms.db import Q
-from oms.redis_batch import RedisBatcher
+from oms.infra.db import Q
+from oms.stock.redis_batch import RedisBatcher
 
 _LUA = Path(__file__).resolve().parent / "lua"
 

@@ -238,13 +238,13 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def timed_routing(fn: F) -> F:
-    """Decorator for IntakeService.place: records how long each decision took (see record_routing)."""
+    """Decorator for Allocator.place: records how long each decision took (see record_routing)."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         result = await fn(self, *args, **kwargs)
-        await record_routing(self.redis, time.perf_counter() - t0)
+        await record_routing(self.inventory.redis, time.perf_counter() - t0)
         return result
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,99 @@
+"""Reading orders back: one order with its lines, fulfilments and history, or a page of them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from oms.errors import NotFound
+from oms.infra.db import Q
+from oms.network.promise import at_risk, minutes_left
+from oms.orders.model import (
+    Destination,
+    Fulfillment,
+    FulfillmentLine,
+    FulfillmentStatus,
+    HistoryEntry,
+    Order,
+    OrderLineView,
+    OrderStatus,
+)
+
+
+def order_from_rows(row, lines, fulfillments, reservations, history=None, *, with_codes: bool = True,
+                    courier_minutes: int = 25) -> Order:
+    by_f: dict[str, list[FulfillmentLine]] = {}
+    for r in reservations:
+        by_f.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
+    return Order(
+        id=row["id"],
+        channel=row["channel"],
+        external_id=row["external_id"],
+        status=OrderStatus(row["status"]),
+        channel_status=row["channel_status"],
+        delivery_mode=row["delivery_mode"],
+        destination=Destination(
+            lat=row["dest_lat"], lng=row["dest_lng"], address=row["dest_address"],
+            approximate=row["dest_approximate"],
+        ),
+        lines=[
+            OrderLineView(sku=l["sku"], quantity=l["quantity"], unit_price=l["unit_price_fen"],
+                          status=l["status"], reason=l["reason"])
+            for l in lines
+        ],
+        fulfillments=[
+            Fulfillment(
+                id=f["id"], node_id=f["node_id"], status=FulfillmentStatus(f["status"]),
+                lines=sorted(by_f.get(f["id"], []), key=lambda x: x.sku), role=f["role"],
+                distance_m=f["distance_m"], pickup_code=f["pickup_code"] if with_codes else None,
+                ready_by=f["ready_by"],
+            )
+            for f in fulfillments
+        ],
+        reason=row["reason"],
+        pickup_node_id=row["pickup_node_id"],
+        total_fen=row["total_fen"],
+        paid_at=row["paid_at"],
+        promised_by=row["promised_by"],
+        minutes_left=(left := minutes_left(row["promised_by"], row["status"])),
+        at_risk=at_risk(left, row["status"], row["delivery_mode"], courier_minutes),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        history=None if history is None else [
+            HistoryEntry(at=h["at"], from_status=h["from_status"], to_status=h["to_status"],
+                         cause=h["cause"], detail=h["detail"])
+            for h in history
+        ],
+    )
+
+
+async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool = True,
+                     courier_minutes: int = 25) -> Order:
+    row = await conn.fetchrow(Q["order_by_id"], order_id)
+    if row is None:
+        raise NotFound(f"no order with id '{order_id}'", field="id")
+    return order_from_rows(
+        row,
+        await conn.fetch(Q["order_lines_by_order"], order_id),
+        await conn.fetch(Q["fulfillments_by_order"], order_id),
+        await conn.fetch(Q["reservations_by_order"], order_id),
+        await conn.fetch(Q["history_by_order"], order_id) if history else None,
+        courier_minutes=courier_minutes,
+    )
+
+
+async def list_orders(conn: asyncpg.Connection, *, channel: str | None, external_id: str | None,
+                      status: str | None, before: tuple[datetime, str] | None, limit: int) -> list[Order]:
+    rows = await conn.fetch(Q["orders_list"], channel, external_id, status,
+                            before[0] if before else None, before[1] if before else None, limit)
+    out = []
+    for row in rows:
+        oid = row["id"]
+        out.append(order_from_rows(
+            row,
+            await conn.fetch(Q["order_lines_by_order"], oid),
+            await conn.fetch(Q["fulfillments_by_order"], oid),
+            await conn.fetch(Q["reservations_by_order"], oid),
+        ))
+    return out

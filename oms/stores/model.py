@@ -1,0 +1,134 @@
+"""Store operations: the shapes store staff see, and the rules their work follows."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import msgspec
+
+
+if TYPE_CHECKING:
+    pass
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+TOKEN_PREFIX = "oms_store_"
+PICKUP_CODE_DIGITS = 6
+PICKUP_CODE_RE = re.compile(r"[0-9]{6,12}")
+#: a code given out at a store is not given out again there for this long (open or used)
+PICKUP_CODE_QUARANTINE = timedelta(days=30)
+#: wrong pickup codes tolerated per store and window before answering 429
+WRONG_CODE_LIMIT = 10
+WRONG_CODE_WINDOW_S = 600
+#: picking time per order when a node states no capacity_per_hour
+DEFAULT_PICK_MINUTES = 5.0
+#: pick-list polls run the pickup expiry at most this often per store
+EXPIRY_CHECK_EVERY_S = 60
+#: reject reasons meaning "the shelf is empty": the SKU's availability at the node goes to zero
+OUT_OF_STOCK_REASONS = frozenset({"out_of_stock", "out-of-stock", "out of stock", "缺货", "无货"})
+
+
+# ---- shapes --------------------------------------------------------------------------------
+class StoreLine(msgspec.Struct, frozen=True):
+    sku: str
+    quantity: int
+
+
+class IssuedToken(msgspec.Struct, kw_only=True):
+    token: str
+    id: str
+    node_id: str
+    label: str
+    created_at: datetime
+
+
+class TokenInfo(msgspec.Struct, kw_only=True):
+    id: str
+    node_id: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class StoreOrder(msgspec.Struct, kw_only=True):
+    """One order as a store sees it: its own part, no buyer details, no pickup code."""
+
+    order_id: str
+    order_status: str
+    fulfillment_id: str
+    node_id: str
+    status: str  # this store's fulfilment
+    delivery_mode: str
+    lines: list[StoreLine]
+    promised_by: datetime | None = None
+    minutes_left: float | None = None
+    pickup_code_issued: bool = False
+    reason: str | None = None
+    #: reject only: units sent to another node, and units no node could take
+    rerouted: list[StoreLine] = []
+    backordered: list[StoreLine] = []
+    #: pickup store: the goods other nodes transfer in for this order (handed over here too)
+    transferred_in: list[StoreLine] = []
+
+
+class PickEntry(msgspec.Struct, kw_only=True):
+    fulfillment_id: str
+    order_id: str
+    channel: str
+    external_id: str
+    delivery_mode: str
+    status: str
+    lines: list[StoreLine]
+    allocated_at: datetime
+    paid_at: datetime | None = None
+    promised_by: datetime | None = None
+    #: minutes until the one-hour promise (delivery orders)
+    minutes_left: float | None = None
+    #: estimated minutes until this one is picked, given its place in the queue and capacity
+    pick_minutes: float | None = None
+    #: time left < picking estimate + courier minutes (or, once picked, < courier minutes)
+    at_risk: bool = False
+    picked_at: datetime | None = None
+    #: ready pickups: when an uncollected one is cancelled and its stock returned
+    expires_at: datetime | None = None
+    #: "serve" (for the buyer) or "transfer" (send to the pickup store `transfer_to`, then mark shipped)
+    role: str = "serve"
+    transfer_to: str | None = None
+
+
+class IncomingTransfer(msgspec.Struct, kw_only=True):
+    """Goods another node sends to this pickup store for one order."""
+
+    fulfillment_id: str
+    order_id: str
+    channel: str
+    external_id: str
+    from_node_id: str
+    status: str  # allocated / picked at the source, shipped = on its way or arrived
+    lines: list[StoreLine]
+    shipped_at: datetime | None = None
+
+
+class SkuWork(msgspec.Struct, kw_only=True):
+    sku: str
+    quantity: int
+    orders: list[str]
+
+
+class PickList(msgspec.Struct, kw_only=True):
+    node_id: str
+    as_of: datetime
+    #: allocated here, not yet picked: most urgent first
+    items: list[PickEntry]
+    #: the same work by SKU, so staff walk the shelves once
+    by_sku: list[SkuWork]
+    #: picked and waiting for the courier, or ready and waiting for the buyer
+    awaiting_handover: list[PickEntry]
+    #: pickup orders whose goods other nodes transfer here; once all are shipped, mark the order picked
+    incoming: list[IncomingTransfer] = []
+    at_risk: int = 0

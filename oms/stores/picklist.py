@@ -1,0 +1,81 @@
+"""The pick list: a store's open work by promise, by SKU, waiting for hand-over, and incoming transfers."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+
+from oms.infra.db import Q
+from oms.network.promise import minutes_left
+from oms.orders.model import (
+    FulfillmentStatus,
+)
+from oms.stores.model import (
+    DEFAULT_PICK_MINUTES,
+    IncomingTransfer,
+    PickEntry,
+    PickList,
+    SkuWork,
+    StoreLine,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from oms.wiring import Services
+
+
+F = FulfillmentStatus
+
+
+# ---- the pick list ---------------------------------------------------------------------------
+async def pick_list_etag(svc: Services, node_id: str, now: datetime | None = None) -> str:
+    """Changes when the store's open work changes, and each minute (minutes left move on)."""
+    now = now or utcnow()
+    r = await svc.pool.fetchrow(Q["store_picklist_fingerprint"], node_id)
+    raw = "|".join(str(x) for x in (r["n"], r["digest"], r["incoming"], r["node_version"], int(now.timestamp() // 60),
+                                    svc.settings.courier_minutes, svc.settings.pickup_expiry_hours))
+    return f'W/"{hashlib.sha256(raw.encode()).hexdigest()[:24]}"'
+
+
+async def pick_list(svc: Services, node_id: str, now: datetime | None = None) -> PickList:
+    now = now or utcnow()
+    node = await svc.pool.fetchrow(Q["node_get"], node_id)
+    capacity = node["capacity_per_hour"] if node else 0
+    per_order = 60.0 / capacity if capacity > 0 else DEFAULT_PICK_MINUTES
+    courier = svc.settings.courier_minutes
+    expiry = timedelta(hours=svc.settings.pickup_expiry_hours)
+    items: list[PickEntry] = []
+    handover: list[PickEntry] = []
+    by_sku: dict[str, SkuWork] = {}
+    for r in await svc.pool.fetch(Q["store_picklist"], node_id):
+        left = minutes_left(r["promised_by"], "allocated", now)
+        lines = [StoreLine(l["sku"], l["quantity"]) for l in r["lines"]]
+        entry = dict(
+            fulfillment_id=r["id"], order_id=r["order_id"], channel=r["channel"], external_id=r["external_id"],
+            delivery_mode=r["delivery_mode"], status=r["status"], lines=lines, allocated_at=r["created_at"],
+            paid_at=r["paid_at"], promised_by=r["promised_by"], minutes_left=left, picked_at=r["picked_at"],
+            role=r["role"], transfer_to=r["pickup_node_id"] if r["role"] == "transfer" else None,
+        )
+        if r["status"] == F.ALLOCATED:
+            pick = round((len(items) + 1) * per_order, 1)
+            items.append(PickEntry(**entry, pick_minutes=pick, at_risk=left is not None and left < pick + courier))
+            for l in lines:
+                w = by_sku.setdefault(l.sku, SkuWork(sku=l.sku, quantity=0, orders=[]))
+                w.quantity += l.quantity
+                w.orders.append(r["order_id"])
+        else:
+            handover.append(PickEntry(
+                **entry, pick_minutes=0.0,
+                at_risk=r["status"] == F.PICKED and left is not None and left < courier,
+                expires_at=r["picked_at"] + expiry if r["status"] == F.READY_FOR_PICKUP and r["picked_at"] else None,
+            ))
+    incoming = [
+        IncomingTransfer(fulfillment_id=r["id"], order_id=r["order_id"], channel=r["channel"],
+                         external_id=r["external_id"], from_node_id=r["from_node_id"], status=r["status"],
+                         lines=[StoreLine(l["sku"], l["quantity"]) for l in r["lines"]], shipped_at=r["handed_over_at"])
+        for r in await svc.pool.fetch(Q["store_incoming_transfers"], node_id)
+    ]
+    return PickList(node_id=node_id, as_of=now, items=items, by_sku=[by_sku[s] for s in sorted(by_sku)],
+                    awaiting_handover=handover, incoming=incoming, at_risk=sum(e.at_risk for e in items + handover))
