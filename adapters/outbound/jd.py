@@ -191,10 +191,10 @@ def _gateway_error(status: int, err: Mapping[str, Any]) -> Outcome:
     code = text(err.get("code"))
     message = text(err.get("zh_desc")) or text(err.get("en_desc"))
     english = text(err.get("en_desc")).lower()
-    if code in RATE_CODES or "call limited" in english or "limit" in english:
+    if code in RATE_CODES or "call limited" in english:
         return Outcome(kind=OutcomeKind.RATE_LIMITED, http_status=status, code=code, message=message,
                        retry_after=RATE_LIMIT_WAIT_SECONDS)
-    if code in RETRY_CODES or "timestamp" in english or "timeout" in english or "system" in english:
+    if code in RETRY_CODES or any(word in english for word in ("timestamp", "timeout", "system error", "busy")):
         return Outcome(kind=OutcomeKind.RETRYABLE, http_status=status, code=code, message=message)
     if code in AUTH_CODES or "token" in english:
         return Outcome(kind=OutcomeKind.AUTH_FAILED, http_status=status, code=code, message=message)

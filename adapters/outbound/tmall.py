@@ -285,11 +285,12 @@ def _error(status: int, err: Mapping[str, Any], *, shipment: bool) -> Outcome:
     message = sub_msg or msg
     shown = sub_code or code
     wait = ban_seconds(sub_msg) or ban_seconds(msg)
-    if code in RATE_CODES or wait is not None or "limited" in sub_code or "call limited" in msg.lower():
+    if code in RATE_CODES or wait is not None or sub_code.startswith("accesscontrol.") or "call limited" in msg.lower():
         return Outcome(kind=OutcomeKind.RATE_LIMITED, http_status=status, code=shown, message=message, retry_after=wait)
-    if code in AUTH_CODES or sub_code in ("session-expired", "invalid-sessionkey") or "session" in sub_code:
+    # offline P03 reads "会话已过期" in the third-party error table (online P03 means something else)
+    if code in AUTH_CODES or "session" in sub_code or sub_code == "isv.logistics-offline-service-error:P03":
         return Outcome(kind=OutcomeKind.AUTH_FAILED, http_status=status, code=shown, message=message)
-    if sub_code in RETRY_SUB_CODES or sub_code.startswith("isp.") or code in ("520", "15") and not sub_code:
+    if sub_code in RETRY_SUB_CODES or sub_code.startswith("isp.") or (code in ("520", "15") and not sub_code):
         return Outcome(kind=OutcomeKind.RETRYABLE, http_status=status, code=shown, message=message)
     if shipment and sub_code.endswith(STATE_SUB_CODE_SUFFIXES):
         return Outcome(kind=OutcomeKind.CHECK_STATE, http_status=status, code=shown, message=message)
