@@ -17,6 +17,8 @@ Raw bytes + headers + credentials in; verified, typed ChannelEvents and Normaliz
     errors.py       AdapterError -> SignatureError / StaleTimestamp (401), PayloadError (400),
                     UpstreamError (502)
     common.py       request/reply shapes, strict decoding, SKU resolution
+    outbound/       calls TO the platforms: stock levels and ship confirmations (pure builders
+                    and reply parsers; the dispatcher that sends them is in oms/)
 
 The I/O side (HTTP calls, webhook handlers, TMC consumer, JD poller) is in oms/channels/.
 """
