@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_channels(args: argparse.Namespace) -> int:
     import logging
 
-    from oms.channels.inbox import run_channel_worker
+    from oms.channels.workers import run_channel_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(run_channel_worker(args.channel))
