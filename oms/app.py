@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from oms.api.errors import EXCEPTION_HANDLERS
 from oms.api.orders import OrderController
 from oms.api import ops as ops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
+from oms.channels import workers as channel_workers
 from oms.config import Settings
 from oms.wiring import Services, prepared_by_parent
 
@@ -41,9 +43,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        stop_jobs = asyncio.Event()
+        jobs = channel_workers.start_in_app(services, settings.channel_workers, stop_jobs)
         try:
             yield
         finally:
+            stop_jobs.set()
+            await asyncio.gather(*jobs, return_exceptions=True)
             await webhooks_api.aclose(app)
             await services.close()
 

@@ -1,4 +1,4 @@
-"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, stop-embedded."""
+"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, stop-embedded, version."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_channels(args: argparse.Namespace) -> int:
     import logging
 
-    from oms.channels.inbox import run_channel_worker
+    from oms.channels.workers import run_channel_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(run_channel_worker(args.channel))
@@ -111,6 +111,20 @@ def cmd_stop_embedded(_: argparse.Namespace) -> int:
     pg = embedded.stop_postgres(settings.data_dir)
     rd = embedded.stop_redis(settings.data_dir)
     print(f"embedded PostgreSQL {'stopped' if pg else 'was not running'}; Redis {'stopped' if rd else 'was not running'}")
+    return 0
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from oms.infra.db import SQL_DIR
+
+    try:
+        v = version("oms")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        v = "unknown (not installed)"
+    migrations = sorted(p.name.split("_", 1)[0] for p in (SQL_DIR / "migrations").glob("*.sql"))
+    print(f"oms {v}; schema migrations up to {migrations[-1] if migrations else 'none'}")
     return 0
 
 
@@ -130,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sd.set_defaults(fn=cmd_seed_demo)
     sub.add_parser("rebuild-inventory", help="recompute Redis availability from PostgreSQL").set_defaults(fn=cmd_rebuild_inventory)
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis").set_defaults(fn=cmd_stop_embedded)
+    sub.add_parser("version", help="print the version and the newest schema migration").set_defaults(fn=cmd_version)
     ch = sub.add_parser("channels", help="run a channel worker: tmall (TMC consumer) or jd (order poller)")
     ch.add_argument("channel", choices=["tmall", "jd"])
     ch.set_defaults(fn=cmd_channels)

@@ -28,6 +28,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: largest batch of orders written in one PostgreSQL transaction
     write_batch_max: int = 256
     pg_pool_size: int = 10
+    #: channel workers (tmall, jd) `oms serve` runs beside the API, each under its lease
+    channel_workers: tuple[str, ...] = ()
+    #: a lease not renewed for this long is taken over by another process
+    lease_ttl_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -45,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             reroute_attempts=int(e.get("OMS_REROUTE_ATTEMPTS", 3)),
             write_batch_max=int(e.get("OMS_WRITE_BATCH_MAX", 256)),
             pg_pool_size=int(e.get("OMS_PG_POOL_SIZE", 10)),
+            channel_workers=tuple(c.strip() for c in e.get("OMS_CHANNEL_WORKERS", "").split(",") if c.strip()),
+            lease_ttl_s=float(e.get("OMS_LEASE_TTL_S", 10)),
         )
 
 

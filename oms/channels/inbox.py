@@ -22,21 +22,19 @@ and Redis:
                is marked paid, which allocates it).
     IGNORE     stored and acknowledged.
 
-Answers (see oms/channels/intake.py): `IntakeError(4xx)` for a definite refusal (a paid amount
+Answers (see oms/channels/ports.py): `IntakeError(4xx)` for a definite refusal (a paid amount
 that is not the order's total: 400), `IntakeError(503)` when the platform should simply retry
 later (a payment for an order not received yet); any other exception is temporary as well.
 A cancel or refund of an order already handed over is acknowledged and noted in the inbox, not
 refused: the platform cannot change that, and a return is a different flow.
 
 Also here: `PgSkuMapSource` (the sku_map table, cached a few seconds), `PgWatermarkStore`
-(channel_watermarks, for the JD poller), and `run_channel_worker`, behind `oms channels tmall|jd`.
+(channel_watermarks, for the JD poller). The workers that feed it: oms/channels/workers.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -302,47 +300,3 @@ class PgWatermarkStore:
         if value.tzinfo is None:
             raise ValueError("a watermark needs a timezone offset")
         await self.pool.execute(Q["channel_watermark_set"], key, value.isoformat())
-
-
-# ---- `oms channels tmall|jd` ---------------------------------------------------------------------
-async def run_channel_worker(channel: str, *, env: Mapping[str, str] | None = None) -> int:
-    """Run the TMC consumer or the JD poller, feeding ServiceIntake, until SIGINT/SIGTERM."""
-    from oms.infra import db
-    from oms.channels.config import load_config
-    from oms.channels.jd_worker import JdPoller
-    from oms.channels.tmall_worker import TmallWorker
-    from oms.config import Settings
-    from oms.wiring import Services
-
-    if channel not in ("tmall", "jd"):
-        log.error("no channel worker for '%s' (tmall or jd)", channel)
-        return 2
-    config = load_config(env)
-    if channel == "tmall" and config.tmall is None:
-        log.error("tmall channel is not configured: set OMS_TMALL_APP_KEY and OMS_TMALL_APP_SECRET")
-        return 2
-    if channel == "jd" and config.jd is None:
-        log.error("jd channel is not configured: set OMS_JD_APP_KEY and OMS_JD_APP_SECRET")
-        return 2
-    settings = Settings.from_env(dict(env) if env is not None else None)
-    # no inventory rebuild here: the API servers may be taking orders at the same moment
-    services = await Services.start(settings, prepare=False)
-    try:
-        async with services.pool.acquire() as conn:
-            await db.migrate(conn)
-        intake = ServiceIntake(services)
-        sku_maps = PgSkuMapSource(services.pool)
-        if channel == "tmall":
-            worker = TmallWorker(config.tmall, intake, sku_maps=sku_maps)
-        else:
-            worker = JdPoller(config.jd, intake, PgWatermarkStore(services.pool), sku_maps=sku_maps)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
-        log.info("%s channel worker started", channel)
-        print(f"oms channels {channel}: running (SIGINT/SIGTERM to stop)", flush=True)
-        await worker.run()
-        log.info("%s channel worker stopped", channel)
-        return 0
-    finally:
-        await services.close()

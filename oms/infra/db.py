@@ -8,7 +8,15 @@ from pathlib import Path
 
 import asyncpg
 
-SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
+
+def _sql_dir() -> Path:
+    """Migrations and queries: inside the package when installed from a wheel, else the checkout's sql/."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "sql"
+    return packaged if packaged.is_dir() else here.parent / "sql"
+
+
+SQL_DIR = _sql_dir()
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 #: any constant works; it only has to be the same in every process that migrates
 _MIGRATION_LOCK = 7_314_159
