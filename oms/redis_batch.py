@@ -37,8 +37,8 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import (AskError, ClusterDownError, DataError, MovedError, NoScriptError, RedisError,
-                              ResponseError, TryAgainError)
+from redis.exceptions import (AskError, ClusterDownError, DataError, MovedError, NoScriptError, RedisClusterException,
+                              RedisError, ResponseError, TryAgainError)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -279,8 +279,10 @@ class RedisBatcher:
         for c in commands:
             try:
                 slots.append(await self._slot(c.args))
-            except RedisError as exc:  # no key to route by, or keys in several slots
+            except (RedisError, RedisClusterException) as exc:  # no key to route by, or keys in several slots
                 slots.append(exc)
+            except (ValueError, TypeError, IndexError) as exc:  # e.g. EVALSHA without a key count
+                slots.append(DataError(f"cannot route {c.args[0]} in a Redis Cluster: {exc!r}"))
         slots += [key_slot(self.avail_key(node).encode()) for node in by_node]
         self._deliver(commands, reads, by_node, await self._cluster_pipelines(packed, slots))
 
@@ -297,7 +299,9 @@ class RedisBatcher:
             return None
         else:
             return await self.redis._determine_slot(*args)
-        return key_slot(key.encode() if isinstance(key, str) else bytes(key) if isinstance(key, (bytes, bytearray, memoryview)) else str(key).encode())
+        if isinstance(key, str):
+            return key_slot(key.encode())
+        return key_slot(bytes(key) if isinstance(key, (bytes, bytearray, memoryview)) else str(key).encode())
 
     async def _ready(self) -> None:
         if self.redis._initialize:
@@ -307,7 +311,7 @@ class RedisBatcher:
             self._next_refresh = time.monotonic() + _REFRESH_EVERY_S
             try:
                 await self.redis.nodes_manager.initialize()
-            except RedisError:  # no node answered: keep the old map and try again later
+            except (RedisError, RedisClusterException, OSError):  # no node answered: keep the map, try later
                 self._stale = True
 
     async def _cluster_pipelines(self, wire: list[bytes], slots: list[int | None | Exception]) -> list[Any]:
@@ -332,8 +336,9 @@ class RedisBatcher:
                     slot = slots[i]
                     try:
                         node = manager.default_node if slot is None else manager.get_node_from_slot(slot)
-                    except RedisError as exc:  # slot not covered (yet): as CLUSTERDOWN
+                    except RedisClusterException as exc:  # slot not covered (yet): its caller hears it
                         replies[i] = exc
+                        self._stale = True
                         continue
                 groups.setdefault(node, []).append(i)
             outcomes = await asyncio.gather(
@@ -358,7 +363,10 @@ class RedisBatcher:
                     if not isinstance(reply, ResponseError):
                         continue
                     if isinstance(reply, MovedError):
-                        await manager.move_slot(reply)
+                        try:
+                            await manager.move_slot(reply)
+                        except KeyError:  # a slot the map did not have: read the whole map again
+                            self._stale, self._next_refresh = True, 0.0
                         again.append(i)
                     elif isinstance(reply, AskError):
                         target = manager.get_node(host=reply.host, port=reply.port)

@@ -319,4 +319,6 @@ def _is_our_server(pid: int, port: int) -> bool:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie of ours, gone in all but name
         return False
-    return any(a.endswith(b"redis-server") for a in cmdline) and str(port).encode() in cmdline
+    # redis-server rewrites its title to "<path>/redis-server 127.0.0.1:<port> [cluster]"
+    text = b" ".join(cmdline)
+    return b"redis-server" in text and f":{port}".encode() in text

@@ -236,3 +236,30 @@ async def test_failover_to_a_replica(tmp_path):
             print(f"failover: callers of the dead master failed for {time.monotonic() - t0:.2f} s ({failed} rounds)")
         finally:
             await r.aclose()
+
+
+async def test_a_command_that_cannot_be_routed_fails_only_its_caller(cluster_redis):
+    uid = secrets.token_hex(3)
+    batcher = RedisBatcher(cluster_redis, inventory.avail_key)
+    results = await asyncio.gather(
+        batcher.command("EVALSHA", "0" * 40, "not-a-count", "k"),  # no key count to route by
+        batcher.command("MGET", f"a:{uid}", f"b:{uid}"),  # keys in two slots: redis-py's parser says so
+        batcher.command("PING"),  # keyless: any node
+        batcher.command("SET", f"ok:{uid}", "v"),
+        return_exceptions=True)
+    assert isinstance(results[0], Exception) and isinstance(results[1], Exception), results
+    assert results[2] == b"PONG" and results[3] == b"OK"
+    await cluster_redis.delete(f"ok:{uid}")
+
+
+def test_another_process_stops_a_cluster_by_the_pids_it_left(tmp_path):
+    from oms.infra.redis_cluster_local import start_cluster, stop_cluster
+
+    cluster = start_cluster(tmp_path / "rc")
+    try:
+        assert stop_cluster(tmp_path / "rc") == 3
+        for n in cluster.nodes:
+            n.process.wait(5)  # they exited (SIGTERM by pid from cluster.json)
+        assert not (tmp_path / "rc" / "cluster.json").exists()
+    finally:
+        cluster.stop()
