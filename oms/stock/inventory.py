@@ -74,6 +74,8 @@ class Inventory:
         self._release = redis.register_script((_LUA / "release.lua").read_text())
         self._commit = redis.register_script((_LUA / "commit.lua").read_text())
         self._set = redis.register_script((_LUA / "set_on_hand.lua").read_text())
+        for script in (self._reserve, self._release, self._commit, self._set):  # a cluster node may lack them
+            self.batch.script(script.script)
 
     async def reserve(self, node: str, fulfillment_id: str, lines: Iterable[tuple[str, int]]) -> ReserveResult:
         """All lines at `node` or none; a retry with the same fulfilment id reserves nothing more."""
