@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from oms.infra import db, embedded
 
-from oms.stock import inventory
+from oms.stock import inventory, redis_batch
 from oms.config import Settings
 from oms.network.directory import NodeDirectory
 from oms.orders.allocate import Allocator
@@ -47,9 +47,9 @@ class Services:
         # so they skip the reset round trip on release
         write_pool = await db.create_pool(db_url, 3, server_settings={"plan_cache_mode": "force_generic_plan"},
                                           reset_on_release=False)
-        # a blocking pool makes a burst wait for a connection instead of failing
-        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=64, timeout=10))
+        # one Redis on a blocking pool (a burst waits for a connection instead of failing), or a
+        # RedisCluster for a `redis+cluster://` URL
+        redis = redis_batch.client(redis_url, max_connections=64, timeout=10)
         svc = cls(settings, pool, redis, write_pool)
         if prepare:
             await svc.prepare()
@@ -62,6 +62,9 @@ class Services:
                 log.info("applied migrations: %s", ", ".join(applied))
             if await inventory.ensure_in_step(conn, self.redis):
                 log.warning("Redis availability was empty or out of step with PostgreSQL: rebuilt")
+        # loaded up front: a burst of first reservations all missing the script would each take
+        # the NOSCRIPT path (and on a cluster, every primary needs them)
+        await self.inventory.batch.load_scripts()
 
     async def close(self) -> None:
         await self.pool.close()

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from oms.infra.redis_cluster_local import LocalCluster, start_cluster
-from oms.redis_batch import client
+from oms.stock.redis_batch import client
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from oms import inventory
-from oms.inventory import Inventory
-from oms.redis_batch import RedisBatcher, client, is_cluster_url
+from oms.stock import inventory
+from oms.stock.inventory import Inventory
+from oms.stock.redis_batch import RedisBatcher, client, is_cluster_url
 
 
 def _port_of(r, key: str) -> int:
