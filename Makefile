@@ -20,7 +20,12 @@ run: $(STAMP)
 	$(BIN)/oms seed-demo --if-empty
 	$(BIN)/oms serve --host 127.0.0.1 --port $${OMS_PORT:-8000} --workers $${OMS_WORKERS:-2}
 
+# the order path's invariant tests run twice: on one Redis (the whole suite) and on a local
+# three-master Redis Cluster (stampedes, duplicates, rebuild, store re-routes, webhooks)
+CLUSTER_TESTS := tests/test_intake.py tests/test_store_ops.py tests/test_webhooks.py
+
 test: $(STAMP)
+	OMS_TEST_REDIS_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 	OMS_TEST_STOP_EMBEDDED=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,6 +55,24 @@ async def settings(server_urls) -> Settings:
     await admin.close()
     import redis.asyncio as aioredis
 
+    if os.environ.get("OMS_TEST_REDIS_CLUSTER") == "1":
+        # the same tests against a three-master Redis Cluster of this session's own (db 0 only)
+        from oms.infra.redis_cluster_local import start_cluster
+
+        from oms.stock.redis_batch import client
+
+        cluster = start_cluster(Path(tempfile.mkdtemp(prefix="oms-test-cluster-")), masters=3)
+        r = client(cluster.url)
+        await r.set("oms:test-session", secrets.token_hex(8), ex=3600)
+        await r.aclose()
+        yield Settings(database_url=_with_db(pg_url, dbname), redis_url=cluster.url,
+                       data_dir=Path(os.environ.get("OMS_DATA_DIR", ROOT / ".oms-test")).resolve(),
+                       admin_token=ADMIN_TOKEN, write_batch_max=256, pg_pool_size=10)
+        cluster.stop()
+        admin = await asyncpg.connect(pg_url)
+        await admin.execute(f'drop database if exists "{dbname}" with (force)')
+        await admin.close()
+        return
     # a logical db of our own: sessions running side by side must not flush each other's stock
     session_id = secrets.token_hex(8)
     for db in range(15, 0, -1):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+import pytest
 
 from oms.stock import inventory
 
@@ -370,3 +373,11 @@ async def test_a_failed_availability_read_lets_go_of_the_claim(world, services, 
 
     retried = await world.post_order(body)  # the platform's retry is served at once, not after 30 s
     assert retried.status_code == 201 and retried.json()["status"] == "allocated"
+
+
+@pytest.mark.skipif(os.environ.get("OMS_TEST_REDIS_CLUSTER") != "1", reason="only in the Redis Cluster run of make test")
+async def test_the_cluster_run_really_talks_to_a_three_master_redis_cluster(services):
+    from redis.asyncio.cluster import RedisCluster
+
+    assert isinstance(services.redis, RedisCluster)
+    assert len(services.redis.get_primaries()) == 3

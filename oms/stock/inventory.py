@@ -178,9 +178,10 @@ async def rebuild(conn: asyncpg.Connection, redis: aioredis.Redis) -> int:
     """
     levels, records = await expected_from_postgres(conn)
     stale = [k async for k in redis.scan_iter(match="inv:*", count=1000)]
-    pipe = redis.pipeline(transaction=False)
     for i in range(0, len(stale), 500):
-        pipe.unlink(*stale[i : i + 500])
+        # outside the pipeline: on a cluster, a multi-key UNLINK is split by slot only when sent alone
+        await redis.unlink(*stale[i : i + 500])
+    pipe = redis.pipeline(transaction=False)
     by_node: dict[str, tuple[dict[str, int], dict[str, int]]] = defaultdict(lambda: ({}, {}))
     for (node, sku), (on_hand, reserved) in levels.items():
         by_node[node][0][sku] = on_hand
