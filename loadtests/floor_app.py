@@ -174,9 +174,10 @@ async def load_stock(database_url: str, redis_url: str, node: str, stock: dict[s
         await redis.aclose()
 
 
-async def check(database_url: str, redis_url: str, node: str, stock: dict[str, int]) -> dict:
+async def check(database_url: str, redis_url: str, node: str, stock: dict[str, int], external_prefix: str = "") -> dict:
     """Units sold per SKU (from PostgreSQL) against the stock given: oversold SKUs (sold > stock),
-    whether Redis holds exactly stock − sold, the order statuses and units of each SKU sold."""
+    whether Redis holds exactly stock − sold, units of each SKU sold, and the statuses of the
+    orders whose external id starts with external_prefix."""
     conn = await asyncpg.connect(database_url)
     try:
         sold = {r["sku"]: r["units"] for r in await conn.fetch(
@@ -184,7 +185,8 @@ async def check(database_url: str, redis_url: str, node: str, stock: dict[str, i
             " unnest(o.skus, o.quantities) as s(sku, q)"
             " where o.status = 'allocated' and o.node_id = $1 group by s.sku", node)}
         statuses = {r["status"]: r["n"] for r in await conn.fetch(
-            "select status, count(*)::int as n from floor_orders group by status")}
+            "select status, count(*)::int as n from floor_orders where starts_with(external_id, $1)"
+            " group by status", external_prefix)}
     finally:
         await conn.close()
     redis = aioredis.Redis.from_url(redis_url)

@@ -149,9 +149,10 @@ async def load_stock(database_url: str, node: str, stock: dict[str, int]) -> Non
         await conn.close()
 
 
-async def check(database_url: str, node: str, stock: dict[str, int]) -> dict:
+async def check(database_url: str, node: str, stock: dict[str, int], external_prefix: str = "") -> dict:
     """Units sold per SKU (lines of allocated orders) against the stock given: oversold SKUs,
-    whether the `allocated` column equals what the orders sold, statuses, units sold."""
+    whether the `allocated` column equals what the orders sold, units of each SKU sold, and the
+    statuses of the orders whose external id starts with external_prefix."""
     conn = await asyncpg.connect(database_url)
     try:
         sold = {r["sku"]: r["units"] for r in await conn.fetch(
@@ -160,7 +161,8 @@ async def check(database_url: str, node: str, stock: dict[str, int]) -> dict:
         allocated = {r["sku"]: r["allocated"] for r in await conn.fetch(
             "select sku, allocated from rl_stock where node_id = $1", node)}
         statuses = {r["status"]: r["n"] for r in await conn.fetch(
-            "select status, count(*)::int as n from rl_orders group by status")}
+            "select status, count(*)::int as n from rl_orders where starts_with(external_id, $1)"
+            " group by status", external_prefix)}
     finally:
         await conn.close()
     oversold = sorted(sku for sku, units in sold.items() if units > stock.get(sku, 0))
