@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,23 +136,10 @@ class Bench:
         return server, port
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--orders", type=int, default=10000, help="orders per phase")
-    ap.add_argument("--concurrency", type=int, default=64, help="connections")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes of every server")
-    ap.add_argument("--warmup", type=int, default=2000, help="mixed orders per server before measuring")
-    ap.add_argument("--hot-stock", type=float, default=0.9, help="hot SKU units, as a share of --orders")
-    ap.add_argument("--sellout-stock", type=int, default=200, help="units of the oms-sellout SKU")
-    ap.add_argument("--only", default=",".join(PHASES),
-                    help="comma-separated phases to run (default all): " + ", ".join(PHASES))
-    args = ap.parse_args()
-    only = [p.strip() for p in args.only.split(",") if p.strip()]
-    if unknown := set(only) - set(PHASES):
-        ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
+def one_round(args: argparse.Namespace, only: list[str], baselines_first: bool) -> list[Row]:
+    """Empty and seed the servers, then run the phases asked for; the OMS's first unless told."""
     hot_stock = max(1, int(args.orders * args.hot_stock))
     bench = Bench(args)
-
     env, own = bench_env()
     env["OMS_ADMIN_TOKEN"] = TOKEN
     print(f"seeding (embedded servers {'emptied, ' if own else ''}demo city, deep stock) ...", flush=True)
@@ -167,31 +155,32 @@ def main() -> int:
     sellout = hot_bodies(args.orders, 4, SELLOUT, prefix + "s")
     baseline_stock = {**{sku: DEEP for sku in skus}, MIXED_HOT: 200, HOT: hot_stock}
 
-    try:
-        # --- the OMS: one server for its three phases -------------------------------------------
+    def run_oms() -> None:
+        """The OMS: one server for its three phases."""
         oms_phases = [p for p in ("oms-mixed", "oms-hot", "oms-sellout") if p in only]
-        if oms_phases:
-            print(f"oms serve --workers {args.workers} ...", flush=True)
-            server, port = bench.start([str(BIN / "oms"), "serve", "--keep-embedded"], env)
-            try:
-                bench.warm(port, warm)
-                plan = {"oms-mixed": (mixed, "m", MIXED_HOT, 200), "oms-hot": (hot, "h", HOT, hot_stock),
-                        "oms-sellout": (sellout, "s", SELLOUT, args.sellout_stock)}
-                for phase in oms_phases:
-                    bodies, tag, sku, units = plan[phase]
-                    load = bench.measure(phase, "oms", port, server.pid, bodies, pg_url)
-                    out = check_oms(env, prefix + tag, [sku])
-                    sold = out["hot_reserved"][sku]
-                    row = Row(phase, "oms", load, f"{sold}/{units}",
-                              out["oversold_pairs"] + (sold > units), out["in_step"])
-                    row.notes.append("statuses " + json.dumps(out["statuses"], sort_keys=True))
-                    if phase == "oms-sellout" and sold != units:
-                        row.notes.append(f"expected all {units} units sold")
-                    bench.rows.append(row)
-            finally:
-                stop_server(server)
+        if not oms_phases:
+            return
+        print(f"oms serve --workers {args.workers} ...", flush=True)
+        server, port = bench.start([str(BIN / "oms"), "serve", "--keep-embedded"], env)
+        try:
+            bench.warm(port, warm)
+            plan = {"oms-mixed": (mixed, "m", MIXED_HOT, 200), "oms-hot": (hot, "h", HOT, hot_stock),
+                    "oms-sellout": (sellout, "s", SELLOUT, args.sellout_stock)}
+            for phase in oms_phases:
+                bodies, tag, sku, units = plan[phase]
+                load = bench.measure(phase, "oms", port, server.pid, bodies, pg_url)
+                out = check_oms(env, prefix + tag, [sku])
+                sold = out["hot_reserved"][sku]
+                row = Row(phase, "oms", load, f"{sold}/{units}", out["oversold_pairs"] + (sold > units), out["in_step"])
+                row.notes.append("statuses " + json.dumps(out["statuses"], sort_keys=True))
+                if phase == "oms-sellout" and sold != units:
+                    row.notes.append(f"expected all {units} units sold")
+                bench.rows.append(row)
+        finally:
+            stop_server(server)
 
-        # --- the baselines -----------------------------------------------------------------------
+    def run_baselines() -> None:
+        """The floor on the mixed bodies, the row-lock design on the hot ones; each its own database."""
         import floor_app
         import rowlock_app
 
@@ -221,39 +210,98 @@ def main() -> int:
                       out["in_step"])
             row.notes.append("statuses " + json.dumps(out["statuses"], sort_keys=True))
             bench.rows.append(row)
+
+    try:
+        for part in ((run_baselines, run_oms) if baselines_first else (run_oms, run_baselines)):
+            part()
     finally:
         if own:
             subprocess.run([str(BIN / "oms"), "stop-embedded"], env=env, capture_output=True)
+    order = {p: i for i, p in enumerate(PHASES)}
+    return sorted(bench.rows, key=lambda r: order[r.phase])
 
-    return report(bench.rows, args)
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--orders", type=int, default=10000, help="orders per phase")
+    ap.add_argument("--concurrency", type=int, default=64, help="connections")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of every server")
+    ap.add_argument("--warmup", type=int, default=2000, help="mixed orders per server before measuring")
+    ap.add_argument("--hot-stock", type=float, default=0.9, help="hot SKU units, as a share of --orders")
+    ap.add_argument("--sellout-stock", type=int, default=200, help="units of the oms-sellout SKU")
+    ap.add_argument("--only", default=",".join(PHASES),
+                    help="comma-separated phases to run (default all): " + ", ".join(PHASES))
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat everything from empty servers, the baselines first in every second round; "
+                         "medians at the end (other work on a shared machine drifts within a run)")
+    args = ap.parse_args()
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    if unknown := set(only) - set(PHASES):
+        ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
+    status = 0
+    rounds: list[list[Row]] = []
+    for n in range(args.rounds):
+        if args.rounds > 1:
+            print(f"\n=== round {n + 1} of {args.rounds}{' (baselines first)' if n % 2 else ''} ===", flush=True)
+        rows = one_round(args, only, baselines_first=n % 2 == 1)
+        status |= report(rows, args)
+        rounds.append(rows)
+    if args.rounds > 1:
+        summarize(rounds)
+    return status
+
+
+def _ratios(rows: list[Row]) -> dict[str, float]:
+    by = {r.phase: r.load.rate for r in rows}
+    out = {}
+    if "oms-mixed" in by and "floor" in by:
+        out["OMS mixed / floor"] = by["oms-mixed"] / by["floor"]
+    if "oms-hot" in by and "rowlock-hot" in by:
+        out["OMS hot / row-lock"] = by["oms-hot"] / by["rowlock-hot"]
+    return out
+
+
+def summarize(rounds: list[list[Row]]) -> None:
+    print(f"\n=== {len(rounds)} rounds: median (each round) ===")
+    for phase in PHASES:
+        runs = [r for rows in rounds for r in rows if r.phase == phase]
+        if runs:
+            rates = [r.load.rate for r in runs]
+            p99s = [r.load.pct(0.99) for r in runs]
+            print(f"{phase:<12} {statistics.median(rates):>9,.0f} orders/s ({', '.join(f'{x:,.0f}' for x in rates)}); "
+                  f"p99 {statistics.median(p99s):.1f} ms ({', '.join(f'{x:.1f}' for x in p99s)})")
+    per_round = [_ratios(rows) for rows in rounds]
+    for name in per_round[0]:
+        values = [r[name] for r in per_round]
+        print(f"{name}: median {statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> int:
     print()
     print(f"{args.orders} orders per phase, {args.concurrency} connections, {args.workers} workers per server, "
           f"1 load process, {os.cpu_count()} cores (shared: compare within this run)")
-    head = f"{'phase':<12} {'server':<8} {'orders/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/order':>12}  " \
+    head = f"{'phase':<12} {'server':<8} {'orders/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/order':>12} {'others':>6}  " \
            f"{'HTTP':<12} {'hot SKU sold':>13} {'oversold':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         cpu = r.load.cpu["oms workers"] / len(r.load.lat) * 1000  # the server's worker processes
+        others = r.load.cpu["load generator + other"] / len(r.load.lat) * 1000
         codes = " ".join(f"{k}×{v}" for k, v in sorted(r.load.codes.items()))
         print(f"{r.phase:<12} {r.server:<8} {r.load.rate:>9,.0f} {r.load.pct(0.5):>7.1f} {r.load.pct(0.99):>7.1f} "
-              f"{cpu:>12.3f}  {codes:<12} {r.sold:>13} {r.oversold:>8}")
-    print("CPU ms/order: the server's worker processes only; hot SKU sold: units of the phase's scarce SKU\n"
-          "sold / its stock, warm-up included; oversold: (node, SKU) pairs sold beyond their stock")
+              f"{cpu:>12.3f} {others:>6.3f}  {codes:<12} {r.sold:>13} {r.oversold:>8}")
+    print("CPU ms/order: the server's worker processes only; others: CPU ms/order of the load generator and\n"
+          "every other process on the box (well above ~0.1: other work competed during that phase);\n"
+          "hot SKU sold: units of the phase's scarce SKU sold / its stock, warm-up included;\n"
+          "oversold: (node, SKU) pairs sold beyond their stock")
     print()
     for r in rows:
         print(f"{r.phase}: {'; '.join(r.notes)}" + ("" if r.in_step else "; STOCK STORE NOT IN STEP WITH POSTGRESQL"))
     by = {r.phase: r for r in rows}
     print()
-    if "oms-mixed" in by and "floor" in by:
-        ratio = by["oms-mixed"].load.rate / by["floor"].load.rate
-        print(f"OMS mixed / floor:    {ratio:.2f}  (target ≥ 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
-    if "oms-hot" in by and "rowlock-hot" in by:
-        ratio = by["oms-hot"].load.rate / by["rowlock-hot"].load.rate
-        print(f"OMS hot / row-lock:   {ratio:.2f}  (target ≥ 6: {'met' if ratio >= 6 else 'NOT met'})")
+    targets = {"OMS mixed / floor": 0.8, "OMS hot / row-lock": 6.0}
+    for name, ratio in _ratios(rows).items():
+        print(f"{name + ':':<21} {ratio:.2f}  (target ≥ {targets[name]:g}: {'met' if ratio >= targets[name] else 'NOT met'})")
     if "oms-mixed" in by:
         p99 = by["oms-mixed"].load.pct(0.99)
         print(f"OMS mixed p99:        {p99:.1f} ms at {args.concurrency} connections "
