@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -149,6 +150,139 @@ def _client_process(port: int, token: str, bodies: list[bytes], concurrency: int
         q.put(uvloop.run(main()))
 
 
+class Load(NamedTuple):
+    """One measured run: wall time, sorted latencies (s), HTTP status counts, CPU split (s)."""
+
+    elapsed: float
+    lat: list[float]
+    codes: dict[int, int]
+    cpu: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return len(self.lat) / self.elapsed
+
+    def pct(self, q: float) -> float:
+        """The q-quantile of latency, in ms."""
+        return self.lat[min(len(self.lat) - 1, int(len(self.lat) * q))] * 1000
+
+
+def drive(port: int, token: str, bodies: list[bytes], concurrency: int, clients: int = 1,
+          server_pid: int | None = None) -> Load:
+    """POST every body to /orders from `clients` load processes over `concurrency` connections."""
+    q: mp.Queue = mp.Queue()
+    per = [bodies[i::clients] for i in range(clients)]
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    procs = [mp.Process(target=_client_process, args=(port, token, chunk, max(1, concurrency // clients), q))
+             for chunk in per]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_split(cpu0, cpu_seconds(), server_pid if server_pid is not None else -1)
+    for p in procs:
+        p.join()
+    codes: dict[int, int] = {}
+    for r in results:
+        for k, v in r[1].items():
+            codes[k] = codes.get(k, 0) + v
+    return Load(elapsed, sorted(x for r in results for x in r[0]), codes, cpu)
+
+
+def wait_for_port(port: int, timeout: float = 60, settle: float = 1.5) -> None:
+    """Wait until something accepts on 127.0.0.1:port, then `settle` seconds more (all workers up)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s") from None
+            time.sleep(0.2)
+    time.sleep(settle)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def bench_env() -> tuple[dict[str, str], bool]:
+    """The environment for `oms` commands, and whether the embedded servers are this bench's own."""
+    env = dict(os.environ)
+    env.setdefault("OMS_DATA_DIR", str(ROOT / ".oms-bench"))
+    own = not (env.get("OMS_DATABASE_URL") or env.get("OMS_REDIS_URL")) and "OMS_DATA_DIR" not in os.environ
+    return env, own
+
+
+def prepare_oms(env: dict[str, str], own: bool, keep: bool, hot: dict[str, int]) -> list[str]:
+    """Empty (unless keep) and seed the OMS: the demo city with deep stock everywhere plus each
+    hot SKU with its units at the warehouse only. Returns the other SKUs."""
+    oms = [str(BIN / "oms")]
+    if own and not keep:
+        # every run starts from empty servers, so runs compare (open picks, keys and rows pile up)
+        subprocess.run(oms + ["stop-embedded"], env=env, check=True, capture_output=True)
+        shutil.rmtree(env["OMS_DATA_DIR"], ignore_errors=True)
+    subprocess.run(oms + ["migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(oms + ["seed-demo"], env=env, check=True, capture_output=True)
+    setup = """
+import asyncio, json, sys
+from oms.config import Settings
+from oms.wiring import Services
+from oms.stock import inventory
+hot = json.loads(sys.argv[1])
+async def main():
+    s = await Services.start(Settings.from_env(), prepare=False)
+    async with s.pool.acquire() as c:
+        await c.execute("update stock set on_hand = 100000")
+        for sku, units in hot.items():
+            await c.execute("insert into skus (sku, name) values ($1, 'hot') on conflict do nothing", sku)
+            await c.execute("delete from stock where sku = $1", sku)
+            await c.execute("insert into stock (node_id, sku, on_hand) values ('SH-WH-JIADING', $1, $2)", sku, units)
+        await inventory.rebuild(c, s.redis)
+        skus = [r['sku'] for r in await c.fetch("select sku from skus where sku <> all($1::text[]) order by sku", list(hot))]
+    await s.close()
+    print(','.join(skus))
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", setup, json.dumps(hot)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().split(",")
+
+
+def check_oms(env: dict[str, str], prefix: str, hot: list[str]) -> dict:
+    """From PostgreSQL and Redis: oversold (node, SKU) pairs, whether Redis is in step, units of
+    each hot SKU reserved, and the statuses of the orders whose external id starts with prefix."""
+    check = """
+import asyncio, json, sys
+from oms.config import Settings
+from oms.wiring import Services
+from oms.infra.db import Q
+from oms.stock import inventory
+async def main():
+    s = await Services.start(Settings.from_env(), prepare=False)
+    async with s.pool.acquire() as c:
+        bad = await c.fetch(Q['oversold_pairs'])
+        hot = {sku: await c.fetchval("select coalesce(sum(quantity),0) from reservations where sku=$1 and state='reserved'", sku)
+               for sku in json.loads(sys.argv[2])}
+        st = await c.fetch("select status, count(*) n from orders where external_id like $1 group by status", sys.argv[1] + '-%')
+        in_step = await inventory.in_step(c, s.redis)
+    await s.close()
+    print(json.dumps({"oversold_pairs": len(bad), "hot_reserved": hot, "in_step": in_step,
+                      "statuses": dict((r['status'], r['n']) for r in st)}))
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", check, prefix, json.dumps(hot)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--orders", type=int, default=30000)
@@ -159,110 +293,36 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="reuse .oms-bench instead of starting empty")
     args = ap.parse_args()
 
-    env = dict(os.environ)
-    env.setdefault("OMS_DATA_DIR", str(ROOT / ".oms-bench"))
+    env, own = bench_env()
     env["OMS_ADMIN_TOKEN"] = token = "bench-token"
-    oms = [str(BIN / "oms")]
-    own = not (env.get("OMS_DATABASE_URL") or env.get("OMS_REDIS_URL")) and "OMS_DATA_DIR" not in os.environ
-    if own and not args.keep:
-        # every run starts from empty servers, so runs compare (open picks, keys and rows pile up)
-        subprocess.run(oms + ["stop-embedded"], env=env, check=True, capture_output=True)
-        shutil.rmtree(env["OMS_DATA_DIR"], ignore_errors=True)
-    subprocess.run(oms + ["migrate"], env=env, check=True, capture_output=True)
-    subprocess.run(oms + ["seed-demo"], env=env, check=True, capture_output=True)
     # deep stock everywhere, and one hot SKU with 200 units at the warehouse only
-    setup = """
-import asyncio, os
-from oms.config import Settings
-from oms.wiring import Services
-from oms.stock import inventory
-async def main():
-    s = await Services.start(Settings.from_env(), prepare=False)
-    async with s.pool.acquire() as c:
-        await c.execute("update stock set on_hand = 100000")
-        await c.execute("insert into skus (sku, name) values ('SKU-HOT-1', 'hot') on conflict do nothing")
-        await c.execute("delete from stock where sku = 'SKU-HOT-1'")
-        await c.execute("insert into stock (node_id, sku, on_hand) values ('SH-WH-JIADING', 'SKU-HOT-1', 200)")
-        await inventory.rebuild(c, s.redis)
-        skus = [r['sku'] for r in await c.fetch("select sku from skus where sku <> 'SKU-HOT-1' order by sku")]
-    await s.close()
-    print(','.join(skus))
-asyncio.run(main())
-"""
-    skus = subprocess.run([sys.executable, "-c", setup], env=env, check=True, capture_output=True, text=True).stdout.strip().split(",")
+    skus = prepare_oms(env, own, args.keep, {"SKU-HOT-1": 200})
     port = free_port()
-    server = subprocess.Popen(oms + ["serve", "--port", str(port), "--workers", str(args.workers)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen([str(BIN / "oms"), "serve", "--port", str(port), "--workers", str(args.workers)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        time.sleep(1.5)  # both workers up
+        wait_for_port(port)
         prefix = f"b{int(time.time())}"
         # warm-up (caches, connections), not measured
         warm = build_bodies(args.warmup, 1, skus, "SKU-HOT-1", prefix + "w")
-        q: mp.Queue = mp.Queue()
-        p = mp.Process(target=_client_process, args=(port, token, warm, min(args.concurrency, 32), q))
-        p.start(); q.get(); p.join()
+        drive(port, token, warm, min(args.concurrency, 32))
 
         bodies = build_bodies(args.orders, 2, skus, "SKU-HOT-1", prefix)
-        per = [bodies[i::args.clients] for i in range(args.clients)]
-        cpu0 = cpu_seconds()
-        t0 = time.perf_counter()
-        procs = [mp.Process(target=_client_process, args=(port, token, chunk, max(1, args.concurrency // args.clients), q))
-                 for chunk in per]
-        for p in procs:
-            p.start()
-        results = [q.get() for _ in procs]
-        elapsed = time.perf_counter() - t0
-        cpu = cpu_split(cpu0, cpu_seconds(), server.pid)
-        for p in procs:
-            p.join()
-        lat = sorted(x for r in results for x in r[0])
-        codes: dict[int, int] = {}
-        for r in results:
-            for k, v in r[1].items():
-                codes[k] = codes.get(k, 0) + v
-        check = """
-import asyncio
-from oms.config import Settings
-from oms.wiring import Services
-from oms.infra.db import Q
-from oms.stock import inventory
-async def main():
-    s = await Services.start(Settings.from_env(), prepare=False)
-    async with s.pool.acquire() as c:
-        bad = await c.fetch(Q['oversold_pairs'])
-        hot = await c.fetchval("select coalesce(sum(quantity),0) from reservations where sku='SKU-HOT-1' and state='reserved'")
-        st = await c.fetch("select status, count(*) n from orders where external_id like $1 group by status", '%s-%%')
-        in_step = await inventory.in_step(c, s.redis)
-    await s.close()
-    print(len(bad), hot, in_step, dict((r['status'], r['n']) for r in st))
-asyncio.run(main())
-""" % prefix
-        out = subprocess.run([sys.executable, "-c", check], env=env, check=True, capture_output=True, text=True).stdout.split(" ", 3)
-        q50 = lat[len(lat) // 2] * 1000
-        q99 = lat[int(len(lat) * 0.99)] * 1000
+        load = drive(port, token, bodies, args.concurrency, args.clients, server.pid)
+        lat, elapsed, cpu, codes = load.lat, load.elapsed, load.cpu, load.codes
+        out = check_oms(env, prefix, ["SKU-HOT-1"])
         print(f"orders: {len(lat)} in {elapsed:.2f} s with {args.concurrency} connections, {args.workers} workers, {args.clients} load process(es)")
-        print(f"throughput: {len(lat) / elapsed:,.0f} orders/s")
-        print(f"latency: p50 {q50:.1f} ms, p99 {q99:.1f} ms, mean {statistics.fmean(lat) * 1000:.1f} ms")
+        print(f"throughput: {load.rate:,.0f} orders/s")
+        print(f"latency: p50 {load.pct(0.5):.1f} ms, p99 {load.pct(0.99):.1f} ms, mean {statistics.fmean(lat) * 1000:.1f} ms")
         print("CPU per order (ms): " + ", ".join(f"{k} {v / len(lat) * 1000:.3f}" for k, v in cpu.items())
               + f"; machine {sum(cpu.values()) / elapsed * 100:.0f}% of one core busy on average")
         print(f"HTTP status counts: {codes}")
-        print(f"order statuses: {out[3].strip()}")
-        print(f"hot SKU (200 units): {out[1]} reserved")
-        print(f"oversold (node, SKU) pairs in PostgreSQL: {out[0]}; Redis in step with PostgreSQL: {out[2]}")
-        return 0 if out[0] == "0" and int(out[1]) <= 200 else 1
+        print(f"order statuses: {out['statuses']}")
+        print(f"hot SKU (200 units): {out['hot_reserved']['SKU-HOT-1']} reserved")
+        print(f"oversold (node, SKU) pairs in PostgreSQL: {out['oversold_pairs']}; Redis in step with PostgreSQL: {out['in_step']}")
+        return 0 if out["oversold_pairs"] == 0 and out["hot_reserved"]["SKU-HOT-1"] <= 200 else 1
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 if __name__ == "__main__":
