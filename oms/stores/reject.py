@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 
 from oms.errors import Conflict, InvalidInput
 from oms.infra.db import Q
-from oms.network.promise import minutes_left
 from oms.orders.model import (
     FulfillmentStatus,
     check_fulfillment_transition,
@@ -105,7 +104,7 @@ async def reject(svc: Services, node_id: str, order_id: str, reason: str,
                 if need:
                     new, plan = await svc.allocator.place(
                         order["delivery_mode"], order["dest_lat"], order["dest_lng"], order["pickup_node_id"], need,
-                        exclude=frozenset(exclude), minutes_left=minutes_left(order["promised_by"], order["status"]),
+                        exclude=frozenset(exclude), promised_by=order["promised_by"],
                         approximate=order["dest_approximate"], ref=order["external_id"],
                     )
                     plan_reason = plan.reason
