@@ -310,49 +310,20 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
     active = [n for n in nodes if n["active"]]
     rd_oversold = await redis_oversold(services.inventory, node_ids)
     routing = await routing_stats(services.redis)
-    available: dict[str, int] = {}
-    if oos and active:
-        avail = await services.inventory.available([n["id"] for n in active], [r["sku"] for r in oos])
-        for per_node in avail.values():
-            for sku, a in per_node.items():
-                available[sku] = available.get(sku, 0) + max(a, 0)
-
+    available = await _available_now(services.inventory, active, [r["sku"] for r in oos])
     channels = [ChannelTotals(channel=r["channel"], orders=r["orders"], gmv_fen=r["gmv_fen"], accepted=r["accepted"],
                               backordered=r["backordered"], cancelled=r["cancelled"]) for r in channel_rows]
     totals = Totals(**{f: sum(getattr(c, f) for c in channels)
                        for f in ("orders", "gmv_fen", "accepted", "backordered", "cancelled")})
-
-    minutes = [minute0 + timedelta(minutes=i) for i in range(WINDOW_MINUTES)]
-    index = {m: i for i, m in enumerate(minutes)}
-    series: dict[str, list[int]] = {c.channel: [0] * WINDOW_MINUTES for c in channels}
-    total_pm, gmv_pm = [0] * WINDOW_MINUTES, [0] * WINDOW_MINUTES
-    for r in minute_rows:
-        i = index.get(r["minute"].astimezone(timezone.utc))
-        if i is None:
-            continue
-        series.setdefault(r["channel"], [0] * WINDOW_MINUTES)[i] += r["orders"]
-        total_pm[i] += r["orders"]
-        gmv_pm[i] += r["gmv_fen"]
-
-    stores = []
-    for n in active:
-        l = load.get(n["id"])
-        stores.append(StoreLoad(
-            node_id=n["id"], name=n["name"], kind=n["kind"], city=n["city"], lat=n["lat"], lng=n["lng"],
-            capacity_per_hour=n["capacity_per_hour"],
-            **({k: l[k] for k in ("open_picks", "to_pick", "picked", "at_risk", "late")} if l else {}),
-        ))
-    stores.sort(key=lambda s: (-s.open_picks, -s.at_risk, s.node_id))
-
+    per_minute = _per_minute(minute_rows, minute0, channels)
     return Summary(
         generated_at=now,
         since=since,
         window_minutes=WINDOW_MINUTES,
         totals=totals,
-        last_hour=Window(orders=sum(total_pm), gmv_fen=sum(gmv_pm)),
+        last_hour=Window(orders=sum(per_minute.total), gmv_fen=sum(per_minute.gmv_fen)),
         channels=channels,
-        orders_per_minute=OrdersPerMinute(minutes=minutes, series=dict(sorted(series.items())),
-                                          total=total_pm, gmv_fen=gmv_pm),
+        orders_per_minute=per_minute,
         backorders=Backorders(
             open=backordered_open,
             reasons=[BackorderReason(reason=r["reason"], orders=r["orders"], example=r["example"]) for r in reasons],
@@ -361,7 +332,7 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         ),
         out_of_stock=[OutOfStock(sku=r["sku"], name=r["name"], lines=r["lines"], units=r["units"], orders=r["orders"],
                                  available_now=available.get(r["sku"], 0)) for r in oos],
-        stores=stores,
+        stores=_store_loads(active, load),
         open_picks=sum(r["open_picks"] for r in load.values()),
         at_risk_total=sum(r["at_risk"] for r in load.values()),
         at_risk=at_risk,
@@ -373,6 +344,41 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
                                 courier_minutes=settings.courier_minutes,
                                 picking_minutes=clock.pick_minutes),
     )
+
+
+async def _available_now(inventory: Inventory, active: list[Any], skus: list[str]) -> dict[str, int]:
+    """Units of each SKU available now over the active nodes (Redis)."""
+    available: dict[str, int] = {}
+    if skus and active:
+        for per_node in (await inventory.available([n["id"] for n in active], skus)).values():
+            for sku, a in per_node.items():
+                available[sku] = available.get(sku, 0) + max(a, 0)
+    return available
+
+
+def _per_minute(rows: list[Any], minute0: datetime, channels: list[ChannelTotals]) -> OrdersPerMinute:
+    """Orders and GMV per minute over the window, per channel and in total."""
+    minutes = [minute0 + timedelta(minutes=i) for i in range(WINDOW_MINUTES)]
+    index = {m: i for i, m in enumerate(minutes)}
+    series: dict[str, list[int]] = {c.channel: [0] * WINDOW_MINUTES for c in channels}
+    total, gmv = [0] * WINDOW_MINUTES, [0] * WINDOW_MINUTES
+    for r in rows:
+        i = index.get(r["minute"].astimezone(timezone.utc))
+        if i is None:
+            continue
+        series.setdefault(r["channel"], [0] * WINDOW_MINUTES)[i] += r["orders"]
+        total[i] += r["orders"]
+        gmv[i] += r["gmv_fen"]
+    return OrdersPerMinute(minutes=minutes, series=dict(sorted(series.items())), total=total, gmv_fen=gmv)
+
+
+def _store_loads(active: list[Any], load: dict[str, dict[str, int]]) -> list[StoreLoad]:
+    """Every active node with its open work, busiest first."""
+    stores = [StoreLoad(node_id=n["id"], name=n["name"], kind=n["kind"], city=n["city"], lat=n["lat"], lng=n["lng"],
+                        capacity_per_hour=n["capacity_per_hour"], **load.get(n["id"], {}))
+              for n in active]
+    stores.sort(key=lambda s: (-s.open_picks, -s.at_risk, s.node_id))
+    return stores
 
 
 async def summary_json(services: Any, *, since: datetime | None = None, city: str | None = None,
