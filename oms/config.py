@@ -19,8 +19,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str = ""
     #: one-hour delivery promise, from paid-at
     delivery_promise_minutes: int = 60
-    #: minutes a courier needs from store to door (for the at-risk flag)
+    #: minutes a courier needs from store to door (oms/network/promise.py: the at-risk clock)
     courier_minutes: int = 25
+    #: minutes to pick one order at a node that states no capacity_per_hour (others: 60 / capacity)
+    pick_minutes: float = 5.0
     #: a pickup order not collected within this many hours is cancelled and its stock returned
     pickup_expiry_hours: int = 72
     #: how many times intake re-routes after a reservation lost a race, before backordering
@@ -45,6 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             admin_token=e.get("OMS_ADMIN_TOKEN") or _stored_admin_token(data_dir),
             delivery_promise_minutes=int(e.get("OMS_DELIVERY_PROMISE_MINUTES", 60)),
             courier_minutes=int(e.get("OMS_COURIER_MINUTES", 25)),
+            pick_minutes=float(e.get("OMS_PICK_MINUTES", 5.0)),
             pickup_expiry_hours=int(e.get("OMS_PICKUP_EXPIRY_HOURS", 72)),
             reroute_attempts=int(e.get("OMS_REROUTE_ATTEMPTS", 3)),
             write_batch_max=int(e.get("OMS_WRITE_BATCH_MAX", 256)),

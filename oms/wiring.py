@@ -13,6 +13,7 @@ from oms.infra import db, embedded
 from oms.stock import inventory, redis_batch
 from oms.config import Settings
 from oms.network.directory import NodeDirectory
+from oms.network.promise import PromiseClock
 from oms.orders.allocate import Allocator
 from oms.orders.intake import IntakeService
 from oms.orders.writer import OrderWriter
@@ -29,6 +30,8 @@ class Services:
         self.pool = pool
         self.write_pool = write_pool
         self.redis = redis
+        #: the one promise clock (at risk, late) every view of an order uses
+        self.promise = PromiseClock.from_settings(settings)
         self.inventory = Inventory(redis)
         self.nodes = NodeDirectory(pool)
         self.skus = SkuCatalogue(pool)

@@ -84,7 +84,9 @@ class CostWeights(msgspec.Struct, frozen=True):
     # (a 1 km store with a 30 min queue delivers in ~53 min, a 3 km idle one in ~29).
     per_queue_minute: float = 0.1
     max_queue_minutes: float = 480.0  # caps the load penalty so a stalled node cannot blow up costs
-    courier_minutes: float = 20.0  # pick, pack and hand-over to the courier, per delivery
+    # routing's ETA to the door is queue + handling + ride; a caller's promise arrives as the
+    # request's minutes_left
+    handling_minutes: float = 20.0  # pick, pack and hand-over to the courier, per delivery
     courier_kmh: float = 20.0  # e-bike speed for the riding part of the one-hour promise
     transfer: float = 5.0  # fixed cost of a transfer to the pickup store
     transfer_minutes: float = 120.0  # fixed lead time of a transfer (dispatch + handling)

@@ -79,7 +79,7 @@ def load_cost(node: RouteNode, w: CostWeights, extra_picks: int = 0) -> float:
 def delivery_eta(node: RouteNode, distance: float, w: CostWeights, extra_picks: int = 0) -> float:
     """Minutes from now until a courier order from this node reaches the customer."""
     ride = distance / 1000.0 / w.courier_kmh * 60.0 if w.courier_kmh > 0 else 0.0
-    return queue_minutes(node, extra_picks) + w.courier_minutes + ride
+    return queue_minutes(node, extra_picks) + w.handling_minutes + ride
 
 
 def delivery_base_cost(distance: float, w: CostWeights) -> float:

@@ -178,7 +178,7 @@ class _Wave:
         timed = (pm == 0) & np.isfinite(ml)
         cph, opn = self.cph[self.p_node], self.open[self.p_node]
         with np.errstate(invalid="ignore", over="ignore"):
-            slack = ml - w.courier_minutes - self.p_ride
+            slack = ml - w.handling_minutes - self.p_ride
             latest = np.floor(slack * np.maximum(cph, 1) / 60.0 + 1e-9) - opn
         latest = np.where(cph > 0, latest, -1)
         self.p_deadline = np.where(timed, np.minimum(deadline, np.nan_to_num(latest, nan=-1, posinf=1e12, neginf=-1)), deadline).astype(np.int64)
@@ -231,7 +231,7 @@ class _Wave:
             self.take_stock(i, r)
         self.used[i] += 1
         wait = queue_minutes(node, slot)  # scalar maths: this runs once per order
-        ready = wait + w.courier_minutes + float(self.p_ride[p]) if req.mode == Mode.DELIVERY else wait
+        ready = wait + w.handling_minutes + float(self.p_ride[p]) if req.mode == Mode.DELIVERY else wait
         cost = float(self.p_base[p]) + load_cost(node, w, slot)
         lines = tuple(RouteLine(s, q) for s, q in demand.items())
         alloc = Allocation(node.id, lines, round(dist, 1), Role.SERVE, _minutes(ready), round(cost, 3))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Annotated
@@ -10,6 +9,7 @@ from typing import Annotated
 import h3
 import msgspec
 from litestar import Controller, Response, get, put
+from litestar.background_tasks import BackgroundTask
 from litestar.params import Parameter
 
 from oms.api.auth import admin_guard
@@ -104,7 +104,7 @@ class CatalogueController(Controller):
         return {"channel": channel, "platform_sku_id": platform_sku_id, "sku": data.sku}
 
     @put("/inventory/{node_id:str}/{sku:str}", summary="Set on-hand; reserved units stay reserved")
-    async def put_stock(self, node_id: str, sku: SkuPath, data: StockIn, services: Services) -> StockOut:
+    async def put_stock(self, node_id: str, sku: SkuPath, data: StockIn, services: Services) -> Response[StockOut]:
         if await services.pool.fetchrow(Q["node_get"], node_id) is None:
             raise UnknownReference(f"unknown node '{node_id}'", field="node_id")
         if await services.skus.unknown({sku}):
@@ -113,10 +113,11 @@ class CatalogueController(Controller):
             # the row lock orders concurrent sets of one (node, SKU) the same way in both stores
             await conn.execute(Q["stock_set"], node_id, sku, data.on_hand)
             level = await services.inventory.set_on_hand(node_id, sku, data.on_hand)
-        if level.available > 0:  # orders waiting for this SKU get their chance, oldest first
-            _background(services.allocator.retry_backorders(sku))
-        return StockOut(node_id=node_id, sku=sku, on_hand=level.on_hand, reserved=level.reserved,
-                        available=level.available)
+        out = StockOut(node_id=node_id, sku=sku, on_hand=level.on_hand, reserved=level.reserved,
+                       available=level.available)
+        if level.available > 0:  # orders waiting for this SKU get their chance, oldest first, after the answer
+            return Response(out, background=BackgroundTask(_retry_backorders, services, sku))
+        return Response(out)
 
     @get("/inventory/{sku:str}", summary="Availability of a SKU per node, nearest first when lat/lng given")
     async def get_stock(self, sku: SkuPath, services: Services,
@@ -141,17 +142,9 @@ class CatalogueController(Controller):
         return Availability(sku=sku, available=sum(max(s.available, 0) for s in out), nodes=out)
 
 
-_tasks: set[asyncio.Task] = set()
-
-
-def _background(coro) -> None:
-    """Run after the answer; keep a reference so the task is not collected mid-way."""
-    task = asyncio.get_running_loop().create_task(coro)
-    _tasks.add(task)
-    task.add_done_callback(_done)
-
-
-def _done(task: asyncio.Task) -> None:
-    _tasks.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("retrying backorders failed: %r", task.exception())
+async def _retry_backorders(services: Services, sku: str) -> None:
+    """Runs after PUT /inventory answered, as part of that request (no task outlives it unseen)."""
+    try:
+        await services.allocator.retry_backorders(sku)
+    except Exception as exc:  # noqa: BLE001 - the stock was set; the next restock or POST allocate retries
+        log.error("retrying backorders for %s failed: %r", sku, exc)

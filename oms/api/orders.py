@@ -39,7 +39,7 @@ class OrderController(Controller):
     @get("/{order_id:str}", summary="One order with its fulfilments and history")
     async def get_order(self, order_id: str, services: Services) -> Order:
         async with services.pool.acquire() as conn:
-            return await load_order(conn, order_id, courier_minutes=services.settings.courier_minutes)
+            return await load_order(conn, order_id, clock=services.promise)
 
     @get("", summary="Orders, newest first; filter by channel, external_id, status")
     async def list(
@@ -62,7 +62,7 @@ class OrderController(Controller):
                 raise InvalidInput("before is not a cursor this API returned", field="before") from None
         async with services.pool.acquire() as conn:
             items = await list_orders(conn, channel=channel, external_id=external_id, status=status,
-                                      before=cursor, limit=limit)
+                                      before=cursor, limit=limit, clock=services.promise)
         nxt = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(items) == limit else None
         return OrderPage(items=items, next_before=nxt)
 

@@ -56,7 +56,8 @@ from adapters.normalized import (
 from oms.ops import metrics
 from oms.channels.ports import IntakeError
 from oms.infra.db import Q
-from oms.orders.model import HANDED_OVER, OrderStatus
+from oms.orders.decide import UnknownOrderNews, news_for_unknown_order, too_late_to_cancel
+from oms.orders.model import OrderStatus
 from oms.errors import IllegalTransition, OmsError
 from oms.orders.cancel import cancel_lines, cancel_order
 
@@ -169,7 +170,7 @@ class ServiceIntake:
         await self.pool.execute(Q["order_set_channel_status"], oid, str(ChannelStatus.CANCELLED), None)
         row = await self.pool.fetchrow(Q["order_by_id"], oid)
         status = row["status"] if row is not None else None
-        if status in HANDED_OVER:
+        if too_late_to_cancel(status):
             return self._too_late(event, status)
         try:
             await cancel_order(self.pool, self.services.inventory, oid, cause,
@@ -204,10 +205,11 @@ class ServiceIntake:
         oid = await self._order_id(event)
         payment = event.status is ChannelStatus.PAID and event.amount_fen is not None
         if oid is None:
-            if payment:
+            news = news_for_unknown_order(event.status, is_payment=payment, carries_order=event.order is not None)
+            if news is UnknownOrderNews.RETRY:
                 # WeChat Pay can notify before the mini-program's order push reached us: retry later
                 raise IntakeError(503, "payment for an order not received yet; retry later")
-            if event.order is not None and event.status.rank <= ChannelStatus.PAID.rank:
+            if news is UnknownOrderNews.CREATE:
                 await self.services.intake.submit(
                     msgspec.structs.replace(event.order, status=event.status), cause=cause, strict=False)
                 return None

@@ -8,9 +8,10 @@ The Litestar routes only read the body and headers, call one of these, and answe
     POST /webhooks/jd           handle_jd_relay(raw, ...)
     POST /webhooks/miniprogram  handle_miniprogram(raw, headers, ...)   (order push or WeChat Pay)
 
-Answers follow each platform's rules: 2xx only when every message was recorded; a wrong
-signature 401 with nothing stored; bad input 400 naming the field; a temporary failure (platform
-API down, core unavailable) 503 so the platform retries — safe because intake is idempotent.
+Answers follow each platform's rules, all built from one table (oms/channels/replies.py): 2xx
+only when every message was recorded; a wrong signature 401 with nothing stored; bad input 400
+naming the field; a temporary failure (platform API down, core unavailable) 503 so the platform
+retries — safe because intake is idempotent.
 Every rejected push is logged with the channel, the reason and the message id, never buyer data.
 """
 
@@ -28,10 +29,12 @@ from adapters import douyin, jd, miniprogram, tmall
 from adapters.common import WebhookReply
 from adapters.errors import AdapterError
 from adapters.normalized import Channel, ChannelEvent, ChannelEventKind
+from oms.channels import replies
 from oms.channels.config import DouyinConfig, JdConfig, MiniprogramConfig, TmallConfig
 from oms.channels.fetch import FetchError, fetch_douyin_order, fetch_jd_order, fetch_tmall_trade
 from oms.channels.ports import Intake, IntakeError, SkuMapSource, StaticSkuMap
 from oms.channels.rejections import log_rejection
+from oms.channels.replies import Platform
 
 log = logging.getLogger("oms.channels.webhooks")
 
@@ -54,11 +57,14 @@ class _Outcome:
 
     def refuse(self, error: AdapterError) -> None:
         log_rejection(self.channel, error.message, error.message_id, error.field)
-        if error.status >= 500:
+        self._count(replies.status_of(error), error.describe())
+
+    def _count(self, status: int, description: dict[str, str]) -> None:
+        if status >= 500:
             self.retry = True
         else:
-            self._status = max(self._status, error.status)
-        self.errors.append(error.describe())
+            self._status = max(self._status, status)
+            self.errors.append(description)
 
     async def deliver(self, intake: Intake, event: ChannelEvent) -> None:
         """Hand one event to the core, sorting failures into 'refused' and 'retry later'."""
@@ -66,16 +72,21 @@ class _Outcome:
             await intake.handle(event)
         except IntakeError as exc:
             log_rejection(self.channel, exc.reason, event.message_id, exc.field)
-            if exc.status >= 500:
-                self.retry = True
-            else:
-                self._status = max(self._status, exc.status)
-                self.errors.append({"error": "IntakeError", "message": exc.reason, "message_id": event.message_id})
+            self._count(replies.status_of(exc),
+                        {"error": "IntakeError", "message": exc.reason, "message_id": event.message_id})
         except AdapterError as exc:
             self.refuse(exc.with_message_id(event.message_id))
         except Exception:  # noqa: BLE001 - the core failed: the platform must retry, not get a 500
             log.exception("%s message %s: intake failed, asking for a retry", self.channel.value, event.message_id)
             self.retry = True
+
+    def reply(self, platform: Platform) -> WebhookReply:
+        """Retry when anything must come back, else name the refused, else all recorded."""
+        if self.retry:
+            return replies.retry(platform, self.errors)
+        if self.errors:
+            return replies.refused(platform, self.status, self.errors)
+        return replies.ok(platform)
 
 
 def _fetch_failed(outcome: _Outcome, event: ChannelEvent, exc: Exception) -> None:
@@ -112,12 +123,12 @@ async def handle_douyin(
     another is refused (answer 400 listing the refused), {"code":0,"msg":"success"} when all
     are recorded, 503 when something must be retried."""
     if config is None:
-        return douyin.ack_error(503, "douyin channel is not configured")
+        return replies.not_configured(Platform.DOUYIN, "douyin channel")
     try:
         items = douyin.parse_push(raw, headers, config.credentials)
     except AdapterError as exc:
         log_rejection(Channel.DOUYIN, exc.message, None, exc.field)
-        return douyin.ack_error(exc.status, exc.message, [exc.describe()])
+        return replies.rejected(Platform.DOUYIN, exc)
     outcome = _Outcome(Channel.DOUYIN)
     sku_map = None
     for item in items:
@@ -140,11 +151,7 @@ async def handle_douyin(
                 _fetch_failed(outcome, event, exc)
                 continue
         await outcome.deliver(intake, event)
-    if outcome.retry:
-        return douyin.ack_error(503, "temporarily unavailable, please retry", outcome.errors)
-    if outcome.errors:
-        return douyin.ack_error(outcome.status, "some messages were refused", outcome.errors)
-    return douyin.ack_success()
+    return outcome.reply(Platform.DOUYIN)
 
 
 # ---------------------------------------------------------------------------- Tmall relay
@@ -162,12 +169,12 @@ async def handle_tmall_relay(
 ) -> WebhookReply:
     """A TMC message relayed by a push gateway, TOP-signed over the query and the body."""
     if config is None:
-        return tmall.relay_ack_error(503, "tmall channel is not configured")
+        return replies.not_configured(Platform.TMALL_RELAY, "tmall channel")
     try:
         event = tmall.parse_relay(raw, query, config.credentials, now=now)
     except AdapterError as exc:
         log_rejection(Channel.TMALL, exc.message, exc.message_id, exc.field)
-        return tmall.relay_ack_error(exc.status, exc.message, [exc.describe()])
+        return replies.rejected(Platform.TMALL_RELAY, exc)
     outcome = _Outcome(Channel.TMALL)
     if event.kind is ChannelEventKind.UPSERT:
         try:
@@ -179,11 +186,7 @@ async def handle_tmall_relay(
             _fetch_failed(outcome, event, exc)
     if not outcome.errors and not outcome.retry:
         await outcome.deliver(intake, event)
-    if outcome.retry:
-        return tmall.relay_ack_error(503, "temporarily unavailable, please retry")
-    if outcome.errors:
-        return tmall.relay_ack_error(outcome.status, "message refused", outcome.errors)
-    return tmall.relay_ack_success()
+    return outcome.reply(Platform.TMALL_RELAY)
 
 
 # ---------------------------------------------------------------------------- JD relay
@@ -200,12 +203,12 @@ async def handle_jd_relay(
 ) -> WebhookReply:
     """A JD order message relayed by a push gateway (JOS-signed form); the order is fetched."""
     if config is None:
-        return jd.relay_ack_error(503, "jd channel is not configured")
+        return replies.not_configured(Platform.JD_RELAY, "jd channel")
     try:
         event = jd.parse_relay(raw, config.credentials, now=now)
     except AdapterError as exc:
         log_rejection(Channel.JD, exc.message, exc.message_id, exc.field)
-        return jd.relay_ack_error(exc.status, exc.message)
+        return replies.rejected(Platform.JD_RELAY, exc)
     outcome = _Outcome(Channel.JD)
     if event.kind is not ChannelEventKind.IGNORE:
         try:
@@ -221,11 +224,7 @@ async def handle_jd_relay(
             _fetch_failed(outcome, event, exc)
     if not outcome.errors and not outcome.retry:
         await outcome.deliver(intake, event)
-    if outcome.retry:
-        return jd.relay_ack_error(503, "temporarily unavailable, please retry")
-    if outcome.errors:
-        return jd.relay_ack_error(outcome.status, "message refused")
-    return jd.relay_ack_success()
+    return outcome.reply(Platform.JD_RELAY)
 
 
 # ---------------------------------------------------------------------------- mini-program
@@ -250,32 +249,28 @@ async def handle_miniprogram(
     if miniprogram.is_wechatpay_notification(headers):
         return await _wechatpay(raw, headers, config=config, intake=intake, clock=clock)
     if config is None or not config.push_secret:
-        return WebhookReply(status=503, body=b'{"ok":false,"message":"mini-program push is not configured"}')
+        return replies.not_configured(Platform.MINIPROGRAM_PUSH, "mini-program push")
     try:
         miniprogram.verify_order_push(raw, headers, config.push_secret, now=clock)
         try:
             sku_map = await sku_maps.sku_map(Channel.MINIPROGRAM)
         except Exception:  # noqa: BLE001 - mapping table unavailable: ask for a retry
             log.exception("mini-program push: SKU mapping table unavailable")
-            return WebhookReply(status=503, body=b'{"ok":false,"message":"temporarily unavailable, please retry"}')
+            return replies.retry(Platform.MINIPROGRAM_PUSH)
         event = miniprogram.parse_order_push(raw, headers, config.push_secret, sku_map=sku_map, now=clock)
     except AdapterError as exc:
         log_rejection(Channel.MINIPROGRAM, exc.message, exc.message_id, exc.field)
-        return miniprogram.order_push_ack_error(exc)
+        return replies.rejected(Platform.MINIPROGRAM_PUSH, exc)
     outcome = _Outcome(Channel.MINIPROGRAM)
     await outcome.deliver(intake, event)
-    if outcome.retry:
-        return WebhookReply(status=503, body=b'{"ok":false,"message":"temporarily unavailable, please retry"}')
-    if outcome.errors:
-        return WebhookReply(status=outcome.status, body=msgspec.json.encode({"ok": False, "errors": outcome.errors}))
-    return miniprogram.order_push_ack_success()
+    return outcome.reply(Platform.MINIPROGRAM_PUSH)
 
 
 async def _wechatpay(
     raw: bytes, headers: Mapping[str, str], *, config: MiniprogramConfig | None, intake: Intake, clock: float | None
 ) -> WebhookReply:
     if config is None or len(config.apiv3_key) != 32 or not config.platform_public_key_pem:
-        return miniprogram.wechatpay_ack_error(503, "WeChat Pay is not configured")
+        return replies.not_configured(Platform.WECHATPAY, "WeChat Pay")
     try:
         event = miniprogram.parse_wechatpay_notification(
             raw,
@@ -287,11 +282,7 @@ async def _wechatpay(
         )
     except AdapterError as exc:
         log_rejection(Channel.MINIPROGRAM, exc.message, exc.message_id, exc.field)
-        return miniprogram.wechatpay_ack_error(exc.status, exc.message)
+        return replies.rejected(Platform.WECHATPAY, exc)
     outcome = _Outcome(Channel.MINIPROGRAM)
     await outcome.deliver(intake, event)
-    if outcome.retry:
-        return miniprogram.wechatpay_ack_error(503, "temporarily unavailable")
-    if outcome.errors:
-        return miniprogram.wechatpay_ack_error(outcome.status, outcome.errors[0].get("message", "refused"))
-    return miniprogram.wechatpay_ack_success()
+    return outcome.reply(Platform.WECHATPAY)

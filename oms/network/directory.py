@@ -11,11 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import asyncpg
 
 import routing
 from oms.infra.db import Q
+from oms.network.promise import PromiseClock
 from routing import Plan, RouteLine, RouteNode, RouteRequest
 
 log = logging.getLogger("oms.network")
@@ -83,6 +85,23 @@ class NodeDirectory:
             self.network = self.network.with_loads({nid: loads.get(nid, 0) for nid in self.nodes})
             self._extra = [0] * len(self.network.nodes)
             self._loads_at = now
+
+    @staticmethod
+    def request(mode: str, lat: float, lng: float, lines: Sequence[RouteLine], *, pickup_node_id: str | None = None,
+                promised_by: datetime | None = None, approximate: bool = False, ref: str = "",
+                now: datetime | None = None) -> RouteRequest:
+        """Routing's request for an order; its time limit comes from the promise clock."""
+        return RouteRequest(ref=ref, mode=routing.Mode(mode), lat=lat, lng=lng, lines=tuple(lines),
+                            pickup_node_id=pickup_node_id, minutes_left=PromiseClock.for_routing(promised_by, now),
+                            approximate=approximate)
+
+    def queue_at(self, node_id: str) -> tuple[int, int]:
+        """(fulfilments waiting at the node as this process counts them, its picks per hour)."""
+        i = self.network.index_of(node_id)
+        if i is None:
+            return 0, 0
+        node = self.network.nodes[i]
+        return node.open_picks + (self._extra[i] if i < len(self._extra) else 0), node.capacity_per_hour
 
     def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset(), *,
                    wide: bool = False) -> list[str]:

@@ -22,18 +22,17 @@ import h3
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
-from oms.ops import metrics
 from oms.infra.db import Q
+from oms.network.promise import PromiseClock
+from oms.ops import metrics
 from oms.stock.inventory import Inventory
 from routing import distance_m
 
 #: the day of a sale starts at midnight China time (no daylight saving there)
 SALE_TZ = timezone(timedelta(hours=8))
 WINDOW_MINUTES = 60
-#: minutes to pick one order once a picker gets to it (Settings.picking_minutes when present)
-PICKING_MINUTES = 5.0
-#: picks per hour assumed for a node whose capacity_per_hour is 0 (not set)
-DEFAULT_CAPACITY_PER_HOUR = 30
+#: how many at-risk fulfilments the summary lists (least time left first)
+AT_RISK_LISTED = 50
 SUMMARY_CACHE_KEY = "ops:summary:v1"
 SUMMARY_CACHE_MS = 1000
 MAP_RADIUS_M = 60_000
@@ -155,6 +154,7 @@ class Oversell(msgspec.Struct, kw_only=True):
 class Assumptions(msgspec.Struct, kw_only=True):
     delivery_promise_minutes: int
     courier_minutes: int
+    #: per order at a node that states no capacity (others pick one order in 60 / capacity minutes)
     picking_minutes: float
 
 
@@ -209,10 +209,6 @@ def day_start(now: datetime) -> datetime:
     return local.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def picking_minutes(settings: Any) -> float:
-    return float(getattr(settings, "picking_minutes", PICKING_MINUTES))
-
-
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -243,8 +239,52 @@ async def postgres_oversold(conn: Any) -> list[OversoldPair]:
             for r in await conn.fetch(Q["oversold_pairs"])]
 
 
-def _load_args(settings: Any, now: datetime) -> tuple:
-    return (now, int(settings.courier_minutes), picking_minutes(settings), DEFAULT_CAPACITY_PER_HOUR)
+class _Open(msgspec.Struct):
+    """One open fulfilment and where it stands against its promise."""
+
+    fulfillment_id: str
+    order_id: str
+    node_id: str
+    status: str
+    promised_by: datetime | None
+    minutes_left: float | None
+    pick_minutes: float
+    at_risk: bool
+    late: bool
+
+
+async def open_work(conn: Any, clock: PromiseClock, now: datetime) -> list[_Open]:
+    """Every open fulfilment judged by the promise clock (the same rule as the order view and pick list)."""
+    out = []
+    for r in await conn.fetch(Q["promise_open_fulfillments"]):
+        left = clock.minutes_left(r["promised_by"], "allocated", now)
+        e = clock.estimate(left, r["status"], r["ahead"], r["capacity_per_hour"])
+        out.append(_Open(r["fulfillment_id"], r["order_id"], r["node_id"], r["status"], r["promised_by"],
+                         left, e.pick_minutes, e.at_risk, e.late))
+    return out
+
+
+def load_per_node(work: list[_Open]) -> dict[str, dict[str, int]]:
+    """Open picks, to pick, picked, at risk and late per node."""
+    load: dict[str, dict[str, int]] = {}
+    for w in work:
+        l = load.setdefault(w.node_id, dict.fromkeys(("open_picks", "to_pick", "picked", "at_risk", "late"), 0))
+        l["open_picks"] += 1
+        l["to_pick" if w.status == "allocated" else "picked"] += 1
+        l["at_risk"] += w.at_risk
+        l["late"] += w.late
+    return load
+
+
+async def at_risk_list(conn: Any, work: list[_Open], node_names: dict[str, str]) -> list[AtRisk]:
+    """The at-risk fulfilments, least time left first, with what ops needs to find the order."""
+    risky = sorted((w for w in work if w.at_risk), key=lambda w: (w.minutes_left, w.order_id))[:AT_RISK_LISTED]
+    brief = {r["id"]: r for r in await conn.fetch(Q["ops_orders_brief"], [w.order_id for w in risky])} if risky else {}
+    return [AtRisk(order_id=w.order_id, fulfillment_id=w.fulfillment_id, channel=brief[w.order_id]["channel"],
+                   external_id=brief[w.order_id]["external_id"], delivery_mode=brief[w.order_id]["delivery_mode"],
+                   node_id=w.node_id, node_name=node_names.get(w.node_id, w.node_id), status=w.status,
+                   promised_by=w.promised_by, minutes_left=w.minutes_left, pick_minutes=w.pick_minutes)
+            for w in risky if w.order_id in brief]
 
 
 async def build_summary(services: Any, *, since: datetime | None = None, city: str | None = None,
@@ -253,7 +293,7 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
     now = now or datetime.now(timezone.utc)
     since = since or day_start(now)
     minute0 = now.replace(second=0, microsecond=0) - timedelta(minutes=WINDOW_MINUTES - 1)
-    load_args = _load_args(settings, now)
+    clock = PromiseClock.from_settings(settings)
     async with services.pool.acquire() as conn:
         channel_rows = await conn.fetch(Q["ops_channel_totals"], since)
         minute_rows = await conn.fetch(Q["ops_orders_per_minute"], minute0)
@@ -261,57 +301,29 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         reasons = await conn.fetch(Q["ops_backorder_reasons"], 8)
         recent = await conn.fetch(Q["ops_backorders_recent"], 10)
         oos = await conn.fetch(Q["ops_top_out_of_stock"], since, 10)
-        load = {r["node_id"]: r for r in await conn.fetch(Q["ops_store_load"], *load_args)}
-        at_risk = await conn.fetch(Q["ops_at_risk"], *load_args, 50)
+        work = await open_work(conn, clock, now)
+        load = load_per_node(work)
         nodes = await conn.fetch(Q["nodes_all"])
+        at_risk = await at_risk_list(conn, work, {n["id"]: n["name"] for n in nodes})
         pg_oversold = await postgres_oversold(conn)
     node_ids = [n["id"] for n in nodes]
     active = [n for n in nodes if n["active"]]
     rd_oversold = await redis_oversold(services.inventory, node_ids)
     routing = await routing_stats(services.redis)
-    available: dict[str, int] = {}
-    if oos and active:
-        avail = await services.inventory.available([n["id"] for n in active], [r["sku"] for r in oos])
-        for per_node in avail.values():
-            for sku, a in per_node.items():
-                available[sku] = available.get(sku, 0) + max(a, 0)
-
+    available = await _available_now(services.inventory, active, [r["sku"] for r in oos])
     channels = [ChannelTotals(channel=r["channel"], orders=r["orders"], gmv_fen=r["gmv_fen"], accepted=r["accepted"],
                               backordered=r["backordered"], cancelled=r["cancelled"]) for r in channel_rows]
     totals = Totals(**{f: sum(getattr(c, f) for c in channels)
                        for f in ("orders", "gmv_fen", "accepted", "backordered", "cancelled")})
-
-    minutes = [minute0 + timedelta(minutes=i) for i in range(WINDOW_MINUTES)]
-    index = {m: i for i, m in enumerate(minutes)}
-    series: dict[str, list[int]] = {c.channel: [0] * WINDOW_MINUTES for c in channels}
-    total_pm, gmv_pm = [0] * WINDOW_MINUTES, [0] * WINDOW_MINUTES
-    for r in minute_rows:
-        i = index.get(r["minute"].astimezone(timezone.utc))
-        if i is None:
-            continue
-        series.setdefault(r["channel"], [0] * WINDOW_MINUTES)[i] += r["orders"]
-        total_pm[i] += r["orders"]
-        gmv_pm[i] += r["gmv_fen"]
-
-    stores = []
-    for n in active:
-        l = load.get(n["id"])
-        stores.append(StoreLoad(
-            node_id=n["id"], name=n["name"], kind=n["kind"], city=n["city"], lat=n["lat"], lng=n["lng"],
-            capacity_per_hour=n["capacity_per_hour"],
-            **({k: l[k] for k in ("open_picks", "to_pick", "picked", "at_risk", "late")} if l else {}),
-        ))
-    stores.sort(key=lambda s: (-s.open_picks, -s.at_risk, s.node_id))
-
+    per_minute = _per_minute(minute_rows, minute0, channels)
     return Summary(
         generated_at=now,
         since=since,
         window_minutes=WINDOW_MINUTES,
         totals=totals,
-        last_hour=Window(orders=sum(total_pm), gmv_fen=sum(gmv_pm)),
+        last_hour=Window(orders=sum(per_minute.total), gmv_fen=sum(per_minute.gmv_fen)),
         channels=channels,
-        orders_per_minute=OrdersPerMinute(minutes=minutes, series=dict(sorted(series.items())),
-                                          total=total_pm, gmv_fen=gmv_pm),
+        orders_per_minute=per_minute,
         backorders=Backorders(
             open=backordered_open,
             reasons=[BackorderReason(reason=r["reason"], orders=r["orders"], example=r["example"]) for r in reasons],
@@ -320,22 +332,53 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         ),
         out_of_stock=[OutOfStock(sku=r["sku"], name=r["name"], lines=r["lines"], units=r["units"], orders=r["orders"],
                                  available_now=available.get(r["sku"], 0)) for r in oos],
-        stores=stores,
+        stores=_store_loads(active, load),
         open_picks=sum(r["open_picks"] for r in load.values()),
         at_risk_total=sum(r["at_risk"] for r in load.values()),
-        at_risk=[AtRisk(order_id=r["order_id"], fulfillment_id=r["fulfillment_id"], channel=r["channel"],
-                        external_id=r["external_id"], delivery_mode=r["delivery_mode"], node_id=r["node_id"],
-                        node_name=r["node_name"], status=r["status"], promised_by=r["promised_by"],
-                        minutes_left=round(r["minutes_left"], 1), pick_minutes=round(r["pick_minutes"], 1))
-                 for r in at_risk],
+        at_risk=at_risk,
         routing=routing,
         oversell=Oversell(ok=not pg_oversold and not rd_oversold, count=len(pg_oversold), postgres=pg_oversold,
                           redis_count=len(rd_oversold), redis=rd_oversold),
         map_version=map_version(active, city),
         assumptions=Assumptions(delivery_promise_minutes=settings.delivery_promise_minutes,
                                 courier_minutes=settings.courier_minutes,
-                                picking_minutes=picking_minutes(settings)),
+                                picking_minutes=clock.pick_minutes),
     )
+
+
+async def _available_now(inventory: Inventory, active: list[Any], skus: list[str]) -> dict[str, int]:
+    """Units of each SKU available now over the active nodes (Redis)."""
+    available: dict[str, int] = {}
+    if skus and active:
+        for per_node in (await inventory.available([n["id"] for n in active], skus)).values():
+            for sku, a in per_node.items():
+                available[sku] = available.get(sku, 0) + max(a, 0)
+    return available
+
+
+def _per_minute(rows: list[Any], minute0: datetime, channels: list[ChannelTotals]) -> OrdersPerMinute:
+    """Orders and GMV per minute over the window, per channel and in total."""
+    minutes = [minute0 + timedelta(minutes=i) for i in range(WINDOW_MINUTES)]
+    index = {m: i for i, m in enumerate(minutes)}
+    series: dict[str, list[int]] = {c.channel: [0] * WINDOW_MINUTES for c in channels}
+    total, gmv = [0] * WINDOW_MINUTES, [0] * WINDOW_MINUTES
+    for r in rows:
+        i = index.get(r["minute"].astimezone(timezone.utc))
+        if i is None:
+            continue
+        series.setdefault(r["channel"], [0] * WINDOW_MINUTES)[i] += r["orders"]
+        total[i] += r["orders"]
+        gmv[i] += r["gmv_fen"]
+    return OrdersPerMinute(minutes=minutes, series=dict(sorted(series.items())), total=total, gmv_fen=gmv)
+
+
+def _store_loads(active: list[Any], load: dict[str, dict[str, int]]) -> list[StoreLoad]:
+    """Every active node with its open work, busiest first."""
+    stores = [StoreLoad(node_id=n["id"], name=n["name"], kind=n["kind"], city=n["city"], lat=n["lat"], lng=n["lng"],
+                        capacity_per_hour=n["capacity_per_hour"], **load.get(n["id"], {}))
+              for n in active]
+    stores.sort(key=lambda s: (-s.open_picks, -s.at_risk, s.node_id))
+    return stores
 
 
 async def summary_json(services: Any, *, since: datetime | None = None, city: str | None = None,
@@ -438,7 +481,7 @@ async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
     try:
         now = datetime.now(timezone.utc)
         async with services.pool.acquire() as conn:
-            load = {r["node_id"]: r for r in await conn.fetch(Q["ops_store_load"], *_load_args(services.settings, now))}
+            load = load_per_node(await open_work(conn, PromiseClock.from_settings(services.settings), now))
             nodes = await conn.fetch(Q["nodes_all"])
             backordered = await conn.fetchval(Q["ops_backordered_count"])
             pg_oversold = await postgres_oversold(conn)

@@ -13,19 +13,20 @@ from datetime import datetime, timezone
 import asyncpg
 import redis.asyncio as aioredis
 
-import routing
 from oms.config import Settings
 from oms.errors import NotFound
 from oms.infra.db import Q
 from oms.infra.ids import new_id
 from oms.network.directory import NodeDirectory, no_plan
+from oms.network.promise import PromiseClock
 from oms.ops import metrics
+from oms.orders.decide import lines_after_plan
 from oms.orders.model import Order, OrderStatus
 from oms.orders.read import load_order
 from oms.orders.rows import Reserved, columns, fulfillment_rows
 from oms.orders.status import set_status
 from oms.stock.inventory import Inventory
-from routing import Plan, RouteLine, RouteRequest
+from routing import Plan, RouteLine
 
 log = logging.getLogger("oms.allocate")
 
@@ -38,11 +39,12 @@ class Allocator:
         self.pool = pool
         self.inventory = inventory
         self.nodes = nodes
+        self.promise = PromiseClock.from_settings(settings)
 
     @metrics.timed_routing
     async def place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
                     need: list[RouteLine], exclude: frozenset[str] = frozenset(), *,
-                    minutes_left: float | None = None, approximate: bool = False, ref: str = "",
+                    promised_by: datetime | None = None, approximate: bool = False, ref: str = "",
                     prefetched: dict[str, dict[str, int]] | None = None
                     ) -> tuple[list[Reserved], Plan]:
         """Plan with routing/ over fresh availability, then reserve at each planned node.
@@ -51,12 +53,8 @@ class Allocator:
         and the order re-planned without that node, a bounded number of times.
         """
         await self.nodes.refresh()
-        if minutes_left is not None and minutes_left <= 0:
-            # a promise already missed no longer narrows the choice: serve it as soon as possible
-            # (the order view flags it), rather than backorder a paid order that stock can serve
-            minutes_left = None
-        request = RouteRequest(ref=ref, mode=routing.Mode(mode), lat=lat, lng=lng, lines=tuple(need),
-                               pickup_node_id=pickup_node_id, minutes_left=minutes_left, approximate=approximate)
+        request = self.nodes.request(mode, lat, lng, need, pickup_node_id=pickup_node_id, promised_by=promised_by,
+                                     approximate=approximate, ref=ref)
         skus = sorted({l.sku for l in need})
         lost: list[str] = []
         wide = False
@@ -115,7 +113,7 @@ class Allocator:
             if row is None:
                 raise NotFound(f"no order with id '{order_id}'", field="id")
             if row["status"] not in (OrderStatus.CREATED, OrderStatus.BACKORDERED):
-                return await load_order(conn, order_id)  # allocated meanwhile: nothing to do
+                return await load_order(conn, order_id, clock=self.promise)  # allocated meanwhile: nothing to do
             lines = [l for l in await conn.fetch(Q["order_lines_by_order"], order_id)
                      if l["status"] == "open" or (l["status"] == "backordered"
                                                   and not (l["reason"] or "").startswith("unknown SKU"))]
@@ -123,16 +121,11 @@ class Allocator:
         reserved: list[Reserved] = []
         plan = no_plan(need, "no line can be served: every SKU is unknown")
         if need:
-            left = None
-            if row["promised_by"] is not None:
-                left = (row["promised_by"] - datetime.now(timezone.utc)).total_seconds() / 60
             reserved, plan = await self.place(row["delivery_mode"], row["dest_lat"], row["dest_lng"],
-                                              row["pickup_node_id"], need, minutes_left=left,
+                                              row["pickup_node_id"], need, promised_by=row["promised_by"],
                                               approximate=row["dest_approximate"], ref=row["external_id"])
         new_status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
-        status = ["open"] * len(lines)
-        reasons: list[str | None] = [None] * len(lines)
-        mark_unserved(need, status, reasons, reserved, plan)
+        status, reasons = lines_after_plan(need, ["open"] * len(lines), [None] * len(lines), reserved, plan)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 locked = await conn.fetchrow(Q["order_by_id_for_update"], order_id)
@@ -152,11 +145,11 @@ class Allocator:
             await self.release_all(reserved)
             if isinstance(exc, _Stale):
                 async with self.pool.acquire() as conn:
-                    return await load_order(conn, order_id)
+                    return await load_order(conn, order_id, clock=self.promise)
             raise
         metrics.order_outcome(row["channel"], new_status)
         async with self.pool.acquire() as conn:
-            return await load_order(conn, order_id)
+            return await load_order(conn, order_id, clock=self.promise)
 
     async def retry_backorders(self, sku: str, limit: int = 20) -> int:
         """Try the oldest backordered orders waiting for `sku` again; returns how many got stock."""
@@ -170,22 +163,3 @@ class Allocator:
 
 class _Stale(Exception):
     """The order moved on while we routed it."""
-
-
-def mark_unserved(lines, line_status: list[str], line_reason: list[str | None],
-                   reserved: list[Reserved], plan: Plan) -> None:
-    """Backorder the open lines the reservations do not cover, with routing's reason per SKU."""
-    served: dict[str, int] = {}
-    for r in reserved:
-        for l in r.alloc.lines:
-            served[l.sku] = served.get(l.sku, 0) + l.quantity
-    why = {u.sku: u.reason for u in plan.unserved}
-    for i, line in enumerate(lines):
-        if line_status[i] != "open":
-            continue
-        got = min(served.get(line.sku, 0), line.quantity)
-        served[line.sku] = served.get(line.sku, 0) - got
-        if got == 0:
-            line_status[i], line_reason[i] = "backordered", why.get(line.sku, plan.reason)
-        elif got < line.quantity:
-            line_reason[i] = f"{line.quantity - got} of {line.quantity} backordered: {why.get(line.sku, plan.reason)}"

@@ -12,22 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
-import routing
 from oms.config import Settings
 from oms.errors import Unavailable, UnknownReference
 from oms.infra.db import Q
 from oms.infra.ids import id_age_s, new_id
-from oms.network.promise import minutes_left
+from oms.network.promise import PromiseClock
 from oms.ops import metrics
-from oms.orders import claims
-from oms.orders.allocate import Allocator, mark_unserved
+from oms.orders import claims, decide
+from oms.orders.allocate import Allocator
 from oms.orders.cancel import cancel_order
+from oms.orders.decide import ChannelAction
 from oms.orders.model import (
     ChannelStatus,
     DeliveryMode,
@@ -38,13 +38,12 @@ from oms.orders.model import (
     Order,
     OrderLineView,
     OrderStatus,
-    first_seen_status,
 )
 from oms.orders.read import load_order
 from oms.orders.rows import HistoryRow, LineRow, NewOrderRows, OrderRow, Reserved, fulfillment_rows
 from oms.orders.writer import OrderWriter
 from oms.stock.catalogue import SkuCatalogue
-from routing import RouteLine, RouteRequest
+from routing import RouteLine
 
 log = logging.getLogger("oms.intake")
 
@@ -76,6 +75,7 @@ class IntakeService:
         self.nodes = allocator.nodes
         self.skus = skus
         self.writer = writer
+        self.promise = allocator.promise
 
     # ---- entry point -------------------------------------------------------------------
     async def submit(self, order: NormalizedOrder, *, cause: str, strict: bool = True) -> tuple[Order, bool]:
@@ -150,29 +150,27 @@ class IntakeService:
             row = await conn.fetchrow(Q["order_by_id"], order_id)
             if row is None:
                 raise Unavailable("order vanished while being updated; retry")
-            current = ChannelStatus(row["channel_status"])
-            newer = order.status.rank > current.rank
-            if newer and order.updated_at and row["channel_updated_at"] and order.updated_at < row["channel_updated_at"]:
-                newer = False
-            if not newer:
-                return await load_order(conn, order_id)
+            action = decide.channel_update(order.status, order.updated_at, ChannelStatus(row["channel_status"]),
+                                           row["channel_updated_at"], row["status"])
+            if action is ChannelAction.IGNORE:
+                return await load_order(conn, order_id, clock=self.promise)
             async with conn.transaction():
                 await conn.execute(Q["order_set_channel_status"], order_id, str(order.status), order.updated_at)
-        if order.status is ChannelStatus.CANCELLED:
+        if action is ChannelAction.CANCEL:
             return await cancel_order(self.pool, self.inventory, order_id, cause, reason=f"cancelled by {order.channel}")
-        if order.status is ChannelStatus.PAID and row["status"] == OrderStatus.CREATED:
+        if action is ChannelAction.ALLOCATE:
             return await self.allocator.allocate_existing(order_id, cause)
         async with self.pool.acquire() as conn:
-            return await load_order(conn, order_id)
+            return await load_order(conn, order_id, clock=self.promise)
 
     # ---- a new order -----------------------------------------------------------------------
     def _likely_reads(self, order: NormalizedOrder) -> tuple[list[str], list[str]]:
         """The candidates and SKUs `place` will read for a paid order (nothing for others)."""
         if order.status is not ChannelStatus.PAID:
             return [], []
-        request = RouteRequest(ref=order.external_id, mode=routing.Mode(order.delivery_mode),
-                               lat=order.destination.lat, lng=order.destination.lng, lines=(),
-                               pickup_node_id=order.pickup_node_id, approximate=order.destination.approximate)
+        request = self.nodes.request(order.delivery_mode, order.destination.lat, order.destination.lng, (),
+                                     pickup_node_id=order.pickup_node_id, approximate=order.destination.approximate,
+                                     ref=order.external_id)
         return self.nodes.candidates(request), sorted({l.sku for l in order.lines})
 
     async def _create(self, order: NormalizedOrder, order_id: str, cause: str, strict: bool,
@@ -190,54 +188,50 @@ class IntakeService:
             await self.allocator.release_all(decision.reserved)
             oid = await self.pool.fetchval(Q["order_id_by_external"], order.channel, order.external_id)
             async with self.pool.acquire() as conn:
-                return await load_order(conn, oid), False
-        return _view_of_new(order, order_id, decision, now), True
+                return await load_order(conn, oid, clock=self.promise), False
+        return _view_of_new(order, order_id, decision, now, self.promise, self._queue_places(decision.reserved)), True
+
+    def _queue_places(self, reserved: list[Reserved]) -> list[tuple[int, int]]:
+        """(fulfilments ahead, picks per hour) of each new fulfilment, as routing saw its node's queue
+        (the count already includes the new one)."""
+        places = []
+        for r in reserved:
+            waiting, capacity = self.nodes.queue_at(r.alloc.node_id)
+            places.append((max(waiting - 1, 0), capacity))
+        return places
 
     async def _decide(self, order: NormalizedOrder, strict: bool, now: datetime,
                       prefetched: dict[str, dict[str, int]] | None) -> _Decision:
         """Check what the order names, then route and reserve it if it is paid."""
-        line_status = ["open"] * len(order.lines)
-        line_reason: list[str | None] = [None] * len(order.lines)
         unknown = await self.skus.unknown({l.sku for l in order.lines})
         if unknown and strict:
             idx = next(i for i, l in enumerate(order.lines) if l.sku in unknown)
             raise UnknownReference(f"unknown SKU '{order.lines[idx].sku}'", field=f"lines[{idx}].sku")
-        for i, l in enumerate(order.lines):
-            if l.sku in unknown:
-                line_status[i], line_reason[i] = "backordered", f"unknown SKU '{l.sku}'"
+        line_status, line_reason = decide.check_lines([l.sku for l in order.lines], unknown)
         pickup_problem = self._pickup_problem(order, strict)
-
         paid_at = order.paid_at or (now if order.status is ChannelStatus.PAID else None)
-        promised_by = order.promised_by
-        if promised_by is None and paid_at and order.delivery_mode is DeliveryMode.DELIVERY:
-            promised_by = paid_at + timedelta(minutes=self.settings.delivery_promise_minutes)
         d = _Decision(status=OrderStatus.CREATED, line_status=line_status, line_reason=line_reason, reserved=[],
-                      paid_at=paid_at, promised_by=promised_by)
+                      paid_at=paid_at, promised_by=self.promise.promised_by(order.promised_by, paid_at,
+                                                                            order.delivery_mode))
         if order.status is not ChannelStatus.PAID:
             # nothing to reserve: not paid yet, cancelled, or already sent by another system
-            d.status = first_seen_status(order.status)
-            if d.status in (OrderStatus.SHIPPED, OrderStatus.DELIVERED):
-                d.reason = f"reported {order.status} by {order.channel} before the OMS saw it; nothing reserved"
+            d.status, d.reason = decide.unpaid_outcome(order.status, order.channel)
             return d
         need = [RouteLine(l.sku, l.quantity) for i, l in enumerate(order.lines) if line_status[i] == "open"]
         if pickup_problem:
             d.plan_reason = pickup_problem
         elif need:
-            left = (promised_by - now).total_seconds() / 60 if promised_by else None
             d.reserved, plan = await self.allocator.place(
                 str(order.delivery_mode), order.destination.lat, order.destination.lng, order.pickup_node_id,
-                need, minutes_left=left, approximate=order.destination.approximate, ref=order.external_id,
+                need, promised_by=d.promised_by, approximate=order.destination.approximate, ref=order.external_id,
                 prefetched=prefetched,
             )
             d.plan_reason = plan.reason
-            mark_unserved(order.lines, line_status, line_reason, d.reserved, plan)
+            d.line_status, d.line_reason = decide.lines_after_plan(order.lines, line_status, line_reason,
+                                                                   d.reserved, plan)
         else:
             d.plan_reason = "; ".join(r for r in line_reason if r)
-        d.status = OrderStatus.ALLOCATED if d.reserved else OrderStatus.BACKORDERED
-        if d.status is OrderStatus.BACKORDERED:
-            d.reason = d.plan_reason
-        elif "backordered" in line_status:
-            d.reason = "partly backordered: " + "; ".join(sorted({r for r in line_reason if r}))
+        d.status, d.reason = decide.new_order_outcome(d.line_status, d.line_reason, bool(d.reserved), d.plan_reason)
         return d
 
     def _pickup_problem(self, order: NormalizedOrder, strict: bool) -> str | None:
@@ -282,8 +276,10 @@ def _new_order_rows(order: NormalizedOrder, order_id: str, d: _Decision, cause: 
     return rows
 
 
-def _view_of_new(order: NormalizedOrder, order_id: str, d: _Decision, now: datetime) -> Order:
+def _view_of_new(order: NormalizedOrder, order_id: str, d: _Decision, now: datetime, clock: PromiseClock,
+                 places: list[tuple[int, int]]) -> Order:
     """The order just written, as GET /orders/{id} would show it (without a read back)."""
+    left = clock.minutes_left(d.promised_by, str(d.status), now)
     return Order(
         id=order_id, channel=str(order.channel), external_id=order.external_id, status=d.status,
         channel_status=str(order.status), delivery_mode=order.delivery_mode,
@@ -297,6 +293,8 @@ def _view_of_new(order: NormalizedOrder, order_id: str, d: _Decision, now: datet
             for r in d.reserved
         ],
         reason=d.reason, pickup_node_id=order.pickup_node_id, total_fen=_total_fen(order), paid_at=d.paid_at,
-        promised_by=d.promised_by, minutes_left=minutes_left(d.promised_by, str(d.status), now),
+        promised_by=d.promised_by, minutes_left=left,
+        at_risk=clock.any_at_risk(clock.estimate(left, FulfillmentStatus.ALLOCATED, ahead, capacity)
+                                  for ahead, capacity in places),
         created_at=now, updated_at=now,
     )

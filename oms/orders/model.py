@@ -149,7 +149,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     paid_at: datetime | None = None
     promised_by: datetime | None = None
     minutes_left: float | None = None
-    #: a delivery whose time left is less than picking (if not picked yet) and the courier need
+    #: the promise clock's verdict on its open fulfilments (oms/network/promise.py)
     at_risk: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None

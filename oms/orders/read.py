@@ -8,7 +8,7 @@ import asyncpg
 
 from oms.errors import NotFound
 from oms.infra.db import Q
-from oms.network.promise import at_risk, minutes_left
+from oms.network.promise import PromiseClock
 from oms.orders.model import (
     Destination,
     Fulfillment,
@@ -22,7 +22,10 @@ from oms.orders.model import (
 
 
 def order_from_rows(row, lines, fulfillments, reservations, history=None, *, with_codes: bool = True,
-                    courier_minutes: int = 25) -> Order:
+                    queue=(), clock: PromiseClock | None = None) -> Order:
+    """The API's order from its rows; `queue` is promise_queue_of_order (the open fulfilments' places)."""
+    clock = clock or PromiseClock()
+    left = clock.minutes_left(row["promised_by"], row["status"])
     by_f: dict[str, list[FulfillmentLine]] = {}
     for r in reservations:
         by_f.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
@@ -56,8 +59,8 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
         total_fen=row["total_fen"],
         paid_at=row["paid_at"],
         promised_by=row["promised_by"],
-        minutes_left=(left := minutes_left(row["promised_by"], row["status"])),
-        at_risk=at_risk(left, row["status"], row["delivery_mode"], courier_minutes),
+        minutes_left=left,
+        at_risk=clock.any_at_risk(clock.estimate(left, q["status"], q["ahead"], q["capacity_per_hour"]) for q in queue),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         history=None if history is None else [
@@ -69,7 +72,7 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
 
 
 async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool = True,
-                     courier_minutes: int = 25) -> Order:
+                     clock: PromiseClock | None = None) -> Order:
     row = await conn.fetchrow(Q["order_by_id"], order_id)
     if row is None:
         raise NotFound(f"no order with id '{order_id}'", field="id")
@@ -79,12 +82,14 @@ async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool =
         await conn.fetch(Q["fulfillments_by_order"], order_id),
         await conn.fetch(Q["reservations_by_order"], order_id),
         await conn.fetch(Q["history_by_order"], order_id) if history else None,
-        courier_minutes=courier_minutes,
+        queue=await conn.fetch(Q["promise_queue_of_order"], order_id),
+        clock=clock,
     )
 
 
 async def list_orders(conn: asyncpg.Connection, *, channel: str | None, external_id: str | None,
-                      status: str | None, before: tuple[datetime, str] | None, limit: int) -> list[Order]:
+                      status: str | None, before: tuple[datetime, str] | None, limit: int,
+                      clock: PromiseClock | None = None) -> list[Order]:
     rows = await conn.fetch(Q["orders_list"], channel, external_id, status,
                             before[0] if before else None, before[1] if before else None, limit)
     out = []
@@ -95,5 +100,7 @@ async def list_orders(conn: asyncpg.Connection, *, channel: str | None, external
             await conn.fetch(Q["order_lines_by_order"], oid),
             await conn.fetch(Q["fulfillments_by_order"], oid),
             await conn.fetch(Q["reservations_by_order"], oid),
+            queue=await conn.fetch(Q["promise_queue_of_order"], oid),
+            clock=clock,
         ))
     return out

@@ -25,8 +25,6 @@ PICKUP_CODE_QUARANTINE = timedelta(days=30)
 #: wrong pickup codes tolerated per store and window before answering 429
 WRONG_CODE_LIMIT = 10
 WRONG_CODE_WINDOW_S = 600
-#: picking time per order when a node states no capacity_per_hour
-DEFAULT_PICK_MINUTES = 5.0
 #: pick-list polls run the pickup expiry at most this often per store
 EXPIRY_CHECK_EVERY_S = 60
 #: reject reasons meaning "the shelf is empty": the SKU's availability at the node goes to zero
@@ -91,7 +89,7 @@ class PickEntry(msgspec.Struct, kw_only=True):
     minutes_left: float | None = None
     #: estimated minutes until this one is picked, given its place in the queue and capacity
     pick_minutes: float | None = None
-    #: time left < picking estimate + courier minutes (or, once picked, < courier minutes)
+    #: the promise clock's verdict (oms/network/promise.py)
     at_risk: bool = False
     picked_at: datetime | None = None
     #: ready pickups: when an uncollected one is cancelled and its stock returned

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 
 from oms.infra.db import Q
-from oms.network.promise import minutes_left
+from oms.network.promise import PromiseClock
 from oms.orders.model import (
     FulfillmentStatus,
 )
 from oms.stores.model import (
-    DEFAULT_PICK_MINUTES,
     IncomingTransfer,
     PickEntry,
     PickList,
@@ -35,7 +34,7 @@ async def pick_list_etag(svc: Services, node_id: str, now: datetime | None = Non
     now = now or utcnow()
     r = await svc.pool.fetchrow(Q["store_picklist_fingerprint"], node_id)
     raw = "|".join(str(x) for x in (r["n"], r["digest"], r["incoming"], r["node_version"], int(now.timestamp() // 60),
-                                    svc.settings.courier_minutes, svc.settings.pickup_expiry_hours))
+                                    PromiseClock.from_settings(svc.settings), svc.settings.pickup_expiry_hours))
     return f'W/"{hashlib.sha256(raw.encode()).hexdigest()[:24]}"'
 
 
@@ -43,14 +42,15 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
     now = now or utcnow()
     node = await svc.pool.fetchrow(Q["node_get"], node_id)
     capacity = node["capacity_per_hour"] if node else 0
-    per_order = 60.0 / capacity if capacity > 0 else DEFAULT_PICK_MINUTES
-    courier = svc.settings.courier_minutes
+    clock = PromiseClock.from_settings(svc.settings)
     expiry = timedelta(hours=svc.settings.pickup_expiry_hours)
     items: list[PickEntry] = []
     handover: list[PickEntry] = []
     by_sku: dict[str, SkuWork] = {}
     for r in await svc.pool.fetch(Q["store_picklist"], node_id):
-        left = minutes_left(r["promised_by"], "allocated", now)
+        left = clock.minutes_left(r["promised_by"], "allocated", now)
+        # the list's order is the picking queue: `len(items)` allocated ones are ahead of this one
+        est = clock.estimate(left, r["status"], len(items), capacity)
         lines = [StoreLine(l["sku"], l["quantity"]) for l in r["lines"]]
         entry = dict(
             fulfillment_id=r["id"], order_id=r["order_id"], channel=r["channel"], external_id=r["external_id"],
@@ -59,16 +59,14 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
             role=r["role"], transfer_to=r["pickup_node_id"] if r["role"] == "transfer" else None,
         )
         if r["status"] == F.ALLOCATED:
-            pick = round((len(items) + 1) * per_order, 1)
-            items.append(PickEntry(**entry, pick_minutes=pick, at_risk=left is not None and left < pick + courier))
+            items.append(PickEntry(**entry, pick_minutes=est.pick_minutes, at_risk=est.at_risk))
             for l in lines:
                 w = by_sku.setdefault(l.sku, SkuWork(sku=l.sku, quantity=0, orders=[]))
                 w.quantity += l.quantity
                 w.orders.append(r["order_id"])
         else:
             handover.append(PickEntry(
-                **entry, pick_minutes=0.0,
-                at_risk=r["status"] == F.PICKED and left is not None and left < courier,
+                **entry, pick_minutes=est.pick_minutes, at_risk=est.at_risk,
                 expires_at=r["picked_at"] + expiry if r["status"] == F.READY_FOR_PICKUP and r["picked_at"] else None,
             ))
     incoming = [

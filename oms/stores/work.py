@@ -12,7 +12,7 @@ import asyncpg
 
 from oms.errors import Conflict, IllegalTransition, NotFound
 from oms.infra.db import Q
-from oms.network.promise import minutes_left
+from oms.network.promise import PromiseClock
 from oms.orders.model import (
     FulfillmentStatus,
     OrderStatus,
@@ -77,6 +77,6 @@ async def store_view(conn: asyncpg.Connection, order_id: str, fulfillment_id: st
     return StoreOrder(
         order_id=order_id, order_status=order["status"], fulfillment_id=fulfillment_id, node_id=f["node_id"],
         status=f["status"], delivery_mode=order["delivery_mode"], lines=lines,
-        promised_by=order["promised_by"], minutes_left=minutes_left(order["promised_by"], order["status"]),
+        promised_by=order["promised_by"], minutes_left=PromiseClock.minutes_left(order["promised_by"], order["status"]),
         pickup_code_issued=f["pickup_code"] is not None, reason=f["reason"], **extra,
     )

@@ -70,64 +70,9 @@ select l.sku, s.name, count(*)::bigint as lines, sum(l.quantity)::bigint as unit
  order by units desc, latest desc
  limit $2;
 
--- name: ops_store_load
--- Open picks and at-risk orders per node.
--- $1 now, $2 courier minutes, $3 minutes to pick one order, $4 picks per hour of a node with
--- no capacity set. An allocated fulfilment waits for the ones allocated before it at its node
--- (queue position x 60 / capacity minutes) and then takes $3 to pick; a picked one waits only
--- for the courier. At risk: promised_by - now < courier + picking estimate.
-with open_f as (
-    select f.node_id, f.status, f.order_id,
-           case when f.status = 'allocated'
-                then (row_number() over (partition by f.node_id, f.status order by f.created_at, f.id)) - 1
-                else 0 end as ahead
-      from fulfillments f
-     where f.status in ('allocated', 'picked')
-), est as (
-    select q.node_id, q.status, o.promised_by,
-           case when q.status = 'picked' then 0.0
-                else $3::float8 + q.ahead * 60.0 / coalesce(nullif(n.capacity_per_hour, 0), $4::int) end as pick_minutes,
-           extract(epoch from (o.promised_by - $1::timestamptz)) / 60.0 as minutes_left
-      from open_f q
-      join orders o on o.id = q.order_id
-      join nodes n on n.id = q.node_id
-)
-select node_id,
-       count(*)::bigint as open_picks,
-       count(*) filter (where status = 'allocated')::bigint as to_pick,
-       count(*) filter (where status = 'picked')::bigint as picked,
-       count(*) filter (where promised_by is not null and minutes_left < $2::int + pick_minutes)::bigint as at_risk,
-       count(*) filter (where promised_by is not null and minutes_left < 0)::bigint as late
-  from est
- group by node_id;
-
--- name: ops_at_risk
--- The open fulfilments at risk of missing their promise, least time left first
--- (same estimate and parameters as ops_store_load; $5 = how many).
-with open_f as (
-    select f.id, f.node_id, f.status, f.order_id,
-           case when f.status = 'allocated'
-                then (row_number() over (partition by f.node_id, f.status order by f.created_at, f.id)) - 1
-                else 0 end as ahead
-      from fulfillments f
-     where f.status in ('allocated', 'picked')
-), est as (
-    select q.id as fulfillment_id, q.node_id, q.status, q.order_id, o.channel, o.external_id,
-           o.delivery_mode, o.promised_by, n.name as node_name,
-           case when q.status = 'picked' then 0.0
-                else $3::float8 + q.ahead * 60.0 / coalesce(nullif(n.capacity_per_hour, 0), $4::int) end as pick_minutes,
-           extract(epoch from (o.promised_by - $1::timestamptz)) / 60.0 as minutes_left
-      from open_f q
-      join orders o on o.id = q.order_id
-      join nodes n on n.id = q.node_id
-     where o.promised_by is not null
-)
-select fulfillment_id, order_id, channel, external_id, delivery_mode, node_id, node_name, status,
-       promised_by, minutes_left::float8 as minutes_left, pick_minutes::float8 as pick_minutes
-  from est
- where minutes_left < $2::int + pick_minutes
- order by minutes_left, order_id
- limit $5;
+-- name: ops_orders_brief
+-- What the at-risk list shows of each order (the clock's inputs come from promise.sql).
+select id, channel, external_id, delivery_mode from orders where id = any($1::text[]);
 
 -- name: oversold_pairs
 -- (node, SKU) pairs whose open reservations exceed on-hand (on-hand is what is left after

@@ -57,7 +57,9 @@ select f.id, f.order_id, f.status, f.role, f.created_at, f.picked_at,
                   where r.fulfillment_id = f.id and r.state = 'reserved'), '[]'::json) as lines
   from fulfillments f join orders o on o.id = f.order_id
  where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup')
- order by o.promised_by nulls last, o.paid_at nulls last, f.created_at, f.id;
+ -- the picking queue's order (sql/queries/promise.sql counts places in it the same way)
+ order by coalesce(o.promised_by, 'infinity'::timestamptz), coalesce(o.paid_at, 'infinity'::timestamptz),
+          f.created_at, f.id;
 
 -- name: store_picklist_fingerprint
 -- Changes whenever the node's open work changes: the pick list's ETag.
