@@ -259,3 +259,13 @@ select count(*)::int from outbox where status = 'pending';
 
 -- name: ops_cancels_for_ops
 select count(*)::int from outbox where kind = 'cancel' and status = 'manual';
+
+-- name: store_intercepted
+-- Hand-overs of this store the platform refused (refund pending): the parcel must be stopped.
+select o.order_id, o.fulfillment_id, ord.channel, ord.external_id, f.reason, o.last_error, o.done_at
+  from outbox o
+  join fulfillments f on f.id = o.fulfillment_id
+  join orders ord on ord.id = o.order_id
+ where o.status = 'blocked' and f.node_id = $1
+ order by o.done_at desc
+ limit 100;
