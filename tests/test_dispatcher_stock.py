@@ -137,3 +137,21 @@ async def test_platform_errors_retry_then_dead_letter_keeps_the_error_and_resend
         await drain(dispatcher(services))
         assert dy.stock[(41, None)] == 2
         assert not [x for x in (await client.get("/outbox/dead")).json() if x["shop_id"] == shop]
+
+
+async def test_ops_summary_and_metrics_show_sync_lag_and_queues(client, services, world):
+    wh, sku = await _setup(world, client, 4)
+    async with FakeJd() as jd:
+        shop = world.id("jd")
+        await make_shop(client, shop, "jd", jd)
+        await list_sku(client, shop, sku, "51")
+        await drain(dispatcher(services))
+        assert jd.stock[(51, None)] == 4
+    summary = (await client.get("/ops/summary", params={"fresh": "true"})).json()
+    jd_sync = next(c for c in summary["channel_sync"]["channels"] if c["channel"] == "jd")
+    assert jd_sync["stock_lag_p50_ms"] is not None and jd_sync["stock_lag_p99_ms"] >= jd_sync["stock_lag_p50_ms"]
+    assert any(s["shop_id"] == shop and s["last_full_resync_at"] for s in summary["channel_sync"]["shops"])
+    text = (await client.get("/metrics")).text
+    assert 'oms_sync_lag_seconds_count{channel="jd",kind="stock"}' in text
+    assert f'oms_shop_last_full_resync_timestamp{{shop="{shop}"}}' in text
+    assert "oms_sync_pending" in text
