@@ -108,7 +108,8 @@ def _start_dispatcher(args: argparse.Namespace) -> subprocess.Popen | None:
     leases, so dispatchers on other hosts are welcome too)."""
     if args.no_dispatcher or os.environ.get("OMS_DISPATCHER", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
-    return subprocess.Popen([sys.executable, "-m", "oms.cli", "channels", "sync"], env=dict(os.environ))
+    return subprocess.Popen([sys.executable, "-m", "oms.cli", "channels", "sync"],
+                            env=dict(os.environ, OMS_DISPATCHER_PARENT=str(os.getpid())))
 
 
 def cmd_channels(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ def _start(settings) -> subprocess.Popen:  # noqa: ANN001
 async def test_sigkilled_dispatcher_restarted_leaves_every_shop_right(client, services, settings, world):
     wh = await world.node("wh", LAT, LNG, kind="warehouse", capabilities=("ship",), radius=0)
     skus = [await world.sku(f"s{i}") for i in range(12)]
-    async with FakeTmall() as tm, FakeJd() as jd, FakeDouyin() as dy:
+    async with FakeTmall(app_key=world.id("tmk")) as tm, FakeJd(app_key=world.id("jdk")) as jd, FakeDouyin(app_key=world.id("dyk")) as dy:
         shops = [(world.id("tm"), "tmall", tm), (world.id("jd"), "jd", jd), (world.id("dy"), "douyin", dy)]
         for shop, channel, fake in shops:
             await make_shop(client, shop, channel, fake)

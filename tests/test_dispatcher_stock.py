@@ -31,7 +31,7 @@ async def test_hundred_units_sold_through_four_shops_converge_on_the_pool(client
     if safety:
         r = await client.put("/safety-stock", json={"sku": sku, "units": safety})
         assert r.status_code == 200, r.text
-    async with FakeTmall() as tm, FakeJd() as jd, FakeDouyin() as dy:
+    async with FakeTmall(app_key=world.id("tmk")) as tm, FakeJd(app_key=world.id("jdk")) as jd, FakeDouyin(app_key=world.id("dyk")) as dy:
         shops = {"tmall": world.id("tm"), "jd": world.id("jd"), "douyin": world.id("dy"), "miniprogram": world.id("mp")}
         await make_shop(client, shops["tmall"], "tmall", tm)
         await make_shop(client, shops["jd"], "jd", jd)
@@ -79,7 +79,7 @@ def _value(req) -> int:  # noqa: ANN001
 
 async def test_sixty_forty_ratio_over_seven_units_tells_four_and_two(client, services, world):
     wh, sku = await _setup(world, client, 7)
-    async with FakeTmall(app_key="shopA", app_secret="secretA") as a, FakeTmall(app_key="shopB", app_secret="secretB") as b:
+    async with FakeTmall(app_key=world.id("shopA"), app_secret="secretA") as a, FakeTmall(app_key=world.id("shopB"), app_secret="secretB") as b:
         await make_shop(client, world.id("A"), "tmall", a, share={"kind": "ratio", "value": "0.6"})
         await make_shop(client, world.id("B"), "tmall", b, share={"kind": "ratio", "value": "0.4"})
         await list_sku(client, world.id("A"), sku, "1", item="1")
@@ -93,7 +93,7 @@ async def test_sixty_forty_ratio_over_seven_units_tells_four_and_two(client, ser
 
 async def test_rate_limit_reply_makes_the_next_call_wait_the_seconds_named(client, services, world):
     wh, sku = await _setup(world, client, 9)
-    async with FakeTmall() as tm:
+    async with FakeTmall(app_key=world.id("tmk")) as tm:
         shop = world.id("tm")
         await make_shop(client, shop, "tmall", tm)
         await list_sku(client, shop, sku, "3", item="3")
@@ -119,7 +119,7 @@ async def test_rate_limit_reply_makes_the_next_call_wait_the_seconds_named(clien
 
 async def test_platform_errors_retry_then_dead_letter_keeps_the_error_and_resends(client, services, world):
     wh, sku = await _setup(world, client, 3)
-    async with FakeDouyin() as dy:
+    async with FakeDouyin(app_key=world.id("dyk")) as dy:
         shop = world.id("dy")
         await make_shop(client, shop, "douyin", dy)
         dy.fail_next(2)  # 500 twice: retried, then taken
@@ -141,7 +141,7 @@ async def test_platform_errors_retry_then_dead_letter_keeps_the_error_and_resend
 
 async def test_ops_summary_and_metrics_show_sync_lag_and_queues(client, services, world):
     wh, sku = await _setup(world, client, 4)
-    async with FakeJd() as jd:
+    async with FakeJd(app_key=world.id("jdk")) as jd:
         shop = world.id("jd")
         await make_shop(client, shop, "jd", jd)
         await list_sku(client, shop, sku, "51")

@@ -48,7 +48,7 @@ async def test_tmall_hand_over_confirmed_once_with_the_store_even_after_a_500(cl
     node, auth = await store(world, "s")
     sku = await world.sku("tea")
     await world.stock(node, sku, 5)
-    async with FakeTmall(omnichannel=True) as tm:
+    async with FakeTmall(app_key=world.id("tmk"), omnichannel=True) as tm:
         shop = world.id("tm")
         await make_shop(client, shop, "tmall", tm)
         tid = str(4000000000000000000 + secrets.randbelow(10**15))
@@ -74,7 +74,7 @@ async def test_tmall_split_over_two_stores_uses_the_split_call_per_parcel(client
     tea, cup = await world.sku("tea"), await world.sku("cup")
     await world.stock(a, tea, 1)
     await world.stock(b, cup, 1)
-    async with FakeTmall() as tm:
+    async with FakeTmall(app_key=world.id("tmk")) as tm:
         shop = world.id("tm")
         await make_shop(client, shop, "tmall", tm)
         tid = str(4100000000000000000 + secrets.randbelow(10**15))
@@ -95,7 +95,7 @@ async def test_pickup_collected_is_confirmed_as_pickup(client, services, world):
     node, auth = await store(world, "p")
     sku = await world.sku("tea")
     await world.stock(node, sku, 3)
-    async with FakeTmall(omnichannel=True) as tm:
+    async with FakeTmall(app_key=world.id("tmk"), omnichannel=True) as tm:
         shop = world.id("tm")
         await make_shop(client, shop, "tmall", tm)
         tid = str(4200000000000000000 + secrets.randbelow(10**15))
@@ -116,7 +116,7 @@ async def test_reply_lost_after_the_platform_shipped_does_not_ship_twice(client,
     node, auth = await store(world, "j")
     sku = await world.sku("tea")
     await world.stock(node, sku, 3)
-    async with FakeJd() as jd:
+    async with FakeJd(app_key=world.id("jdk")) as jd:
         shop = world.id("jd")
         await make_shop(client, shop, "jd", jd)
         ext = str(30000000000 + secrets.randbelow(10**9))
@@ -134,7 +134,7 @@ async def test_dispatcher_killed_after_send_resumes_without_a_second_shipment(cl
     node, auth = await store(world, "k")
     sku = await world.sku("tea")
     await world.stock(node, sku, 3)
-    async with FakeTmall() as tm:
+    async with FakeTmall(app_key=world.id("tmk")) as tm:
         shop = world.id("tm")
         await make_shop(client, shop, "tmall", tm)
         tid = str(4300000000000000000 + secrets.randbelow(10**15))
@@ -162,7 +162,7 @@ async def test_douyin_pending_refund_stops_the_hand_over_and_tells_the_store(cli
     node, auth = await store(world, "d")
     sku = await world.sku("tea")
     await world.stock(node, sku, 3)
-    async with FakeDouyin() as dy:
+    async with FakeDouyin(app_key=world.id("dyk")) as dy:
         shop = world.id("dy")
         await make_shop(client, shop, "douyin", dy)
         ext = str(6900000000000000000 + secrets.randbelow(10**15))

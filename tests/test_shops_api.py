@@ -46,6 +46,7 @@ async def test_sellable_shows_pool_safety_and_share(client, world):
     await world.stock(st, sku, 6)
     shop = world.id("q")
     r = await client.put(f"/shops/{shop}", json={"channel": "douyin", "share": {"kind": "quota", "value": "12"},
+                                                 "serves": {"modes": ["ship"], "nodes": [wh]},
                                                  "credentials": {"app_key": "k" + world.uid, "app_secret": "x"}})
     assert r.status_code == 201, r.text
     assert (await client.put("/safety-stock", json={"node_id": wh, "units": 3})).status_code == 200

@@ -56,8 +56,8 @@ class ShopIn(msgspec.Struct, kw_only=True):
     credentials: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=2000)]],
                            msgspec.Meta(max_length=20)] | None = None
     api_url: Annotated[str, msgspec.Meta(max_length=300, pattern=r"^https?://")] | None = None
-    share: ShareIn = ShareIn()
-    serves: ServesIn = ServesIn()
+    share: ShareIn = msgspec.field(default_factory=ShareIn)
+    serves: ServesIn = msgspec.field(default_factory=ServesIn)
     deducts_at_order: bool = False
     publish_stock: bool = True
     active: bool = True
@@ -198,7 +198,7 @@ class ShopController(Controller):
         row = await _shop_row(services, shop_id)
         if await services.skus.unknown({sku}):
             raise UnknownReference(f"unknown SKU '{sku}'", field="sku")
-        s = (await shops.sellable_of(services.pool, services.inventory, services.nodes, row, [sku]))[sku]
+        s = (await shops.sellable_of(services.pool, services.inventory, row, [sku]))[sku]
         sync = await services.pool.fetchrow(Q["stock_sync_get"], shop_id, sku)
         listing = await services.pool.fetchrow(Q["listing_get"], shop_id, sku)
         listed = listing is not None and listing["active"]

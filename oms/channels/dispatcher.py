@@ -115,8 +115,12 @@ class Dispatcher:
         """Passes until stopped; woken at once by the outbox triggers' NOTIFY."""
         await shops.ensure_default_shops(self.pool, self.config)
         listener = await self._listen()
+        parent = os.environ.get("OMS_DISPATCHER_PARENT")
         try:
             while not self._stop.is_set():
+                if parent and os.getppid() != int(parent):  # `oms serve` that started us is gone
+                    log.warning("the serving process exited: dispatcher stopping")
+                    break
                 try:
                     done = await self.run_once()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -188,7 +192,7 @@ class Dispatcher:
                 raise outbound.NotSendable(f"shop '{shop_id}' is gone")
             ctx = outbound.shop_context(row, self.config)
             listings = {l["sku"]: l for l in await self.pool.fetch(Q["listings_for"], shop_id, skus)}
-            values = await shops.sellable_of(self.pool, self.services.inventory, self.services.nodes, row, skus)
+            values = await shops.sellable_of(self.pool, self.services.inventory, row, skus)
         except outbound.NotSendable as exc:
             for c in claimed:
                 await self._stock_failed(c, Outcome(kind=OutcomeKind.REJECTED, message=str(exc)), row)

@@ -219,16 +219,16 @@ class ShopIntake:
 
 
 # ---- sellable units ----------------------------------------------------------------------------
-async def sellable_of(pool: asyncpg.Pool, inventory: Any, nodes: Any, row: Mapping[str, Any],
+async def sellable_of(pool: asyncpg.Pool, inventory: Any, row: Mapping[str, Any],
                       skus: list[str]) -> dict[str, Any]:
     """SKU -> `sellable.Sellable` for one shop, from the Redis availability reservation uses.
 
-    `inventory`: oms.stock.inventory.Inventory; `nodes`: oms.network.directory.NodeDirectory.
+    `inventory`: oms.stock.inventory.Inventory.
     """
     from oms.channels import sellable
 
-    await nodes.refresh()
-    capabilities = {nid: n.capabilities for nid, n in nodes.nodes.items()}
+    # read now, not from a process's node cache: a node added a moment ago counts at once
+    capabilities = {r["id"]: r["capabilities"] for r in await pool.fetch(Q["nodes_all"]) if r["active"]}
     members = sellable.pool_nodes(row["serves_modes"], row["serves_nodes"], capabilities)
     available = await inventory.available(members, skus) if members and skus else {}
     rules = sellable.SafetyRules.of((r["node_id"], r["sku"], r["units"])
@@ -247,6 +247,10 @@ async def shop_for_push(resolver: ShopResolver, channel: Channel, app_key: str |
     A key no shop has falls back to the default shop, whose credentials then refuse the signature."""
     builders = {Channel.TMALL: tmall_config, Channel.JD: jd_config, Channel.DOUYIN: douyin_config}
     default = getattr(config, channel.value)
+    default_key = getattr(getattr(default, "credentials", None), "app_key", None)
+    if default is not None and (app_key is None or app_key == default_key):
+        # the OMS_* variables' own key is the default shop's, whatever else shares it
+        return default, default_shop_id(channel)
     row = await resolver.row(channel, app_key)
     if row is None or channel not in builders:
         return default, (default_shop_id(channel) if default is not None else None)
