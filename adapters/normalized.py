@@ -115,6 +115,8 @@ class NormalizedOrder(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
     #: lines the adapter could not map to a merchant SKU: backordered with this reason
     unmapped: list[str] = msgspec.field(default_factory=list)
+    #: the shop (account on the platform) it came through; None: the channel's default shop
+    shop_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.delivery_mode is DeliveryMode.PICKUP and not self.pickup_node_id:

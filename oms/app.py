@@ -17,7 +17,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from oms.api.catalogue import CatalogueController
 from oms.api.errors import EXCEPTION_HANDLERS
 from oms.api.orders import OrderController
-from oms.api import ops as ops_api, stores as stores_api
+from oms.api import ops as ops_api, shops as shops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
 from oms.channels import workers as channel_workers
 from oms.config import Settings
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return Litestar(
-        route_handlers=[healthz, OrderController, CatalogueController, *stores_api.ROUTES, *ops_api.ROUTES, *webhooks_api.ROUTES],
+        route_handlers=[healthz, OrderController, CatalogueController, *stores_api.ROUTES, *shops_api.ROUTES, *ops_api.ROUTES, *webhooks_api.ROUTES],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 
 import asyncpg
@@ -84,9 +85,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         metrics.use_multiprocess_dir()
     print(f"OMS listening on http://{args.host}:{args.port}  (admin token: {settings.admin_token})", flush=True)
+    dispatcher = _start_dispatcher(args)
     try:
         server.serve(args.host, args.port, args.workers, args.log_level)
     finally:
+        if dispatcher is not None:
+            dispatcher.terminate()
+            try:
+                dispatcher.wait(30)
+            except subprocess.TimeoutExpired:
+                dispatcher.kill()
         if not args.keep_embedded:  # clean stop of the embedded servers we use; data stays
             if embedded_in_use[0]:
                 embedded.stop_postgres(settings.data_dir)
@@ -95,12 +103,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_dispatcher(args: argparse.Namespace) -> subprocess.Popen | None:
+    """`oms serve` runs one outbox dispatcher beside its workers unless told not to (it holds
+    leases, so dispatchers on other hosts are welcome too)."""
+    if args.no_dispatcher or os.environ.get("OMS_DISPATCHER", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    return subprocess.Popen([sys.executable, "-m", "oms.cli", "channels", "sync"],
+                            env=dict(os.environ, OMS_DISPATCHER_PARENT=str(os.getpid())))
+
+
 def cmd_channels(args: argparse.Namespace) -> int:
     import logging
 
+    if args.channel == "sync":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from oms.channels.dispatcher import run_dispatcher
+
+        return asyncio.run(run_dispatcher())
     from oms.channels.workers import run_channel_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(run_channel_worker(args.channel))
 
 
@@ -137,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--log-level", default="warning")
     s.add_argument("--keep-embedded", action="store_true", help="leave embedded PostgreSQL/Redis running on exit")
+    s.add_argument("--no-dispatcher", action="store_true",
+                   help="do not run the outbox dispatcher (also OMS_DISPATCHER=0); run `oms channels sync` elsewhere")
     s.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sd = sub.add_parser("seed-demo", help="load the demo city, catalogue and stock")
@@ -145,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rebuild-inventory", help="recompute Redis availability from PostgreSQL").set_defaults(fn=cmd_rebuild_inventory)
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis").set_defaults(fn=cmd_stop_embedded)
     sub.add_parser("version", help="print the version and the newest schema migration").set_defaults(fn=cmd_version)
-    ch = sub.add_parser("channels", help="run a channel worker: tmall (TMC consumer) or jd (order poller)")
-    ch.add_argument("channel", choices=["tmall", "jd"])
+    ch = sub.add_parser("channels", help="run a channel worker: tmall (TMC consumer), jd (order poller), "
+                                         "sync (outbox dispatcher: stock and hand-overs to the platforms)")
+    ch.add_argument("channel", choices=["tmall", "jd", "sync"])
     ch.set_defaults(fn=cmd_channels)
     args = p.parse_args(argv)
     try:

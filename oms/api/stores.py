@@ -49,6 +49,13 @@ class RejectIn(msgspec.Struct, kw_only=True):
     lines: Annotated[list[RejectLine], msgspec.Meta(max_length=200)] | None = None
 
 
+class ShippedIn(msgspec.Struct, kw_only=True):
+    #: our carrier name (sf, zto, yto, sto, yunda, ems, jd, deppon, self) or the platform's own code;
+    #: required with tracking_no for a parcel, optional for a one-hour order by the store's own rider
+    carrier: Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")] | None = None
+    tracking_no: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-]+$")] | None = None
+
+
 class StoreTokenController(Controller):
     path = "/nodes/{node_id:str}/tokens"
     guards = [admin_guard]
@@ -101,9 +108,12 @@ class StoreController(Controller):
         return await reject.reject(services, node_id, order_id, data.reason, lines)
 
     @post("/orders/{order_id:str}/shipped", status_code=200,
-          summary="The courier took it: reservation committed, on-hand down")
-    async def shipped(self, node_id: str, order_id: str, services: Services) -> model.StoreOrder:
-        return await handover.mark_shipped(services, node_id, order_id)
+          summary="The courier took it: reservation committed, on-hand down, the platform told",
+          description="Body (optional for one-hour orders by the store's own rider): {\"carrier\", \"tracking_no\"}.")
+    async def shipped(self, node_id: str, order_id: str, services: Services,
+                      data: ShippedIn | None = None) -> model.StoreOrder:
+        return await handover.mark_shipped(services, node_id, order_id, data.carrier if data else None,
+                                           data.tracking_no if data else None)
 
     @post("/pickups/{code:str}", status_code=200,
           summary="The buyer collected with this code: wrong 404, used 409, too many wrong 429")

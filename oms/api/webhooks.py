@@ -13,13 +13,16 @@ configuration (tests; a reload after the environment changed); `aclose(app)` clo
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs
 
 from litestar import Litestar, Request, Response, post
 
 from adapters.common import WebhookReply
 from oms.ops import metrics
 from oms.channels.inbox import PgSkuMapSource, ServiceIntake
+from adapters.normalized import Channel
 from oms.channels.config import ChannelsConfig, load_config
+from oms.channels.shops import ShopIntake, ShopResolver, ensure_default_shops, shop_for_push
 from oms.channels.webhooks import handle_douyin, handle_jd_relay, handle_miniprogram, handle_tmall_relay
 
 _STATE_KEY = "channel_runtime"
@@ -35,6 +38,8 @@ class ChannelRuntime:
         self.config = config
         self.intake = ServiceIntake(services)
         self.sku_maps = PgSkuMapSource(services.pool)
+        self.shops = ShopResolver(services.pool)
+        self._defaults_ready = False
         self._httpx = httpx
         self._client = None
 
@@ -46,6 +51,14 @@ class ChannelRuntime:
                 headers={"User-Agent": "oms-channels"},
             )
         return self._client
+
+    async def for_push(self, channel: Channel, app_key: str | None) -> tuple[object, ShopIntake]:
+        """The shop a message is for (by its app key): its configuration, and an intake stamping it."""
+        if not self._defaults_ready:
+            await ensure_default_shops(self.services.pool, self.config)
+            self._defaults_ready = True
+        config, shop_id = await shop_for_push(self.shops, channel, app_key, self.config)
+        return config, ShopIntake(self.intake, shop_id)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -67,6 +80,7 @@ def configure(app: Litestar, config: ChannelsConfig | None = None) -> ChannelRun
     """Set the channels' configuration (None: read the OMS_* environment again)."""
     rt = runtime(app)
     rt.config = config if config is not None else load_config()
+    rt._defaults_ready = False
     return rt
 
 
@@ -81,6 +95,15 @@ def _answer(reply: WebhookReply, channel: str, started: float) -> Response[bytes
     return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type or None)
 
 
+def _form_value(raw: bytes, name: str) -> str | None:
+    """One field of a form body, without judging the rest (the adapter does that)."""
+    try:
+        values = parse_qs(raw.decode("utf-8"), keep_blank_values=True).get(name)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return values[0] if values else None
+
+
 def _headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items()}
 
@@ -93,8 +116,9 @@ async def douyin_webhook(request: Request) -> Response[bytes]:
     started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
-    reply = await handle_douyin(raw, _headers(request), config=rt.config.douyin, intake=rt.intake,
-                                client=rt.client, sku_maps=rt.sku_maps)
+    headers = _headers(request)
+    config, intake = await rt.for_push(Channel.DOUYIN, headers.get("app-id"))
+    reply = await handle_douyin(raw, headers, config=config, intake=intake, client=rt.client, sku_maps=rt.sku_maps)
     return _answer(reply, "douyin", started)
 
 
@@ -104,7 +128,8 @@ async def tmall_webhook(request: Request) -> Response[bytes]:
     rt = runtime(request.app)
     raw = await request.body()
     query = {k: v for k, v in request.query_params.items()}
-    reply = await handle_tmall_relay(raw, query, config=rt.config.tmall, intake=rt.intake, client=rt.client,
+    config, intake = await rt.for_push(Channel.TMALL, query.get("app_key"))
+    reply = await handle_tmall_relay(raw, query, config=config, intake=intake, client=rt.client,
                                      sku_maps=rt.sku_maps)
     return _answer(reply, "tmall", started)
 
@@ -114,8 +139,8 @@ async def jd_webhook(request: Request) -> Response[bytes]:
     started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
-    reply = await handle_jd_relay(raw, config=rt.config.jd, intake=rt.intake, client=rt.client,
-                                  sku_maps=rt.sku_maps)
+    config, intake = await rt.for_push(Channel.JD, _form_value(raw, "app_key"))
+    reply = await handle_jd_relay(raw, config=config, intake=intake, client=rt.client, sku_maps=rt.sku_maps)
     return _answer(reply, "jd", started)
 
 
@@ -127,7 +152,8 @@ async def miniprogram_webhook(request: Request) -> Response[bytes]:
     started = time.perf_counter()
     rt = runtime(request.app)
     raw = await request.body()
-    reply = await handle_miniprogram(raw, _headers(request), config=rt.config.miniprogram, intake=rt.intake,
+    _, intake = await rt.for_push(Channel.MINIPROGRAM, None)
+    reply = await handle_miniprogram(raw, _headers(request), config=rt.config.miniprogram, intake=intake,
                                      sku_maps=rt.sku_maps)
     return _answer(reply, "miniprogram", started)
 

@@ -282,7 +282,8 @@ class PgSkuMapSource:
         cached = self._cache.get(channel)
         if cached is not None and time.monotonic() - cached[0] < self.max_age_s:
             return cached[1]
-        rows = await self.pool.fetch(Q["sku_map_for_channel"], str(channel))
+        # the sku_map table, then every shop's listings of this channel (later rows win)
+        rows = await self.pool.fetch(Q["sku_map_with_listings"], str(channel))
         mapping = {r["platform_sku_id"]: r["sku"] for r in rows}
         self._cache[channel] = (time.monotonic(), mapping)
         return mapping

@@ -161,6 +161,21 @@ WEBHOOK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+SYNC_LAG = Histogram(
+    "oms_sync_lag_seconds", "From a change (stock, hand-over) to the platform acknowledging it, per channel and kind",
+    ["channel", "kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+OUTBOUND_CALLS = Counter(
+    "oms_outbound_calls", "Calls to the platforms by the dispatcher, per channel, kind and outcome",
+    ["channel", "kind", "outcome"],
+)
+
+
+def outbound_call(channel: str, kind: str, outcome: str) -> None:
+    OUTBOUND_CALLS.labels(channel, kind, outcome).inc()
+
+
 #: Redis list of recent routing decision times in milliseconds, newest first
 ROUTING_SAMPLES_KEY = "ops:routing_ms"
 ROUTING_SAMPLES_MAX = 5000

@@ -22,6 +22,7 @@ import h3
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
+from oms.channels.outbox import SyncFigures, figures as sync_figures
 from oms.infra.db import Q
 from oms.network.promise import PromiseClock
 from oms.ops import metrics
@@ -176,6 +177,8 @@ class Summary(msgspec.Struct, kw_only=True):
     oversell: Oversell
     map_version: str
     assumptions: Assumptions
+    #: stock publication and hand-over confirmations per channel and shop (oms/channels/outbox.py)
+    channel_sync: SyncFigures | None = None
 
 
 class MapCell(msgspec.Struct, kw_only=True):
@@ -343,6 +346,7 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         assumptions=Assumptions(delivery_promise_minutes=settings.delivery_promise_minutes,
                                 courier_minutes=settings.courier_minutes,
                                 picking_minutes=clock.pick_minutes),
+        channel_sync=await sync_figures(services.pool),
     )
 
 
@@ -509,4 +513,38 @@ async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
                              labels=["source"])
     over.add_metric(["postgres"], len(pg_oversold))
     over.add_metric(["redis"], len(rd_oversold))
-    return [ok, picks, risk, late, back, over]
+    return [ok, picks, risk, late, back, over, *await _sync_gauges(services)]
+
+
+async def _sync_gauges(services: Any) -> list[GaugeMetricFamily]:
+    """Outbox queues per channel (lag histograms are oms_sync_lag_seconds, from the dispatcher)."""
+    try:
+        fig = await sync_figures(services.pool)
+    except Exception:
+        metrics.log.exception("could not read the outbox gauges")
+        return []
+    pending = GaugeMetricFamily("oms_sync_pending", "Stock values and confirmations waiting to be sent",
+                                labels=["channel", "kind"])
+    dead = GaugeMetricFamily("oms_sync_dead_letters",
+                             "Stock values and confirmations dead-lettered, blocked or left for ops", labels=["channel", "kind"])
+    oldest = GaugeMetricFamily("oms_sync_oldest_unconfirmed_seconds", "Age of the oldest hand-over not yet confirmed",
+                               labels=["channel"])
+    lag = GaugeMetricFamily("oms_sync_lag_recent_ms", "Sync lag percentiles over the last 15 minutes",
+                            labels=["channel", "kind", "quantile"])
+    for c in fig.channels:
+        pending.add_metric([c.channel, "stock"], c.stock_pending)
+        pending.add_metric([c.channel, "confirmation"], c.confirmations_pending)
+        dead.add_metric([c.channel, "stock"], c.stock_dead)
+        dead.add_metric([c.channel, "confirmation"], c.confirmations_failed)
+        oldest.add_metric([c.channel], c.oldest_unconfirmed_s or 0)
+        for kind, p50, p99 in (("stock", c.stock_lag_p50_ms, c.stock_lag_p99_ms),
+                               ("handover", c.confirm_lag_p50_ms, c.confirm_lag_p99_ms)):
+            if p50 is not None:
+                lag.add_metric([c.channel, kind, "0.5"], p50)
+                lag.add_metric([c.channel, kind, "0.99"], p99 or 0)
+    resync = GaugeMetricFamily("oms_shop_last_full_resync_timestamp", "Last full stock resync of a shop (unix s)",
+                               labels=["shop"])
+    for shop in fig.shops:
+        if shop.last_full_resync_at:
+            resync.add_metric([shop.shop_id], datetime.fromisoformat(shop.last_full_resync_at).timestamp())
+    return [pending, dead, oldest, lag, resync]

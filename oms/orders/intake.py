@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+from oms.channels.shops import default_shop_id
 from oms.config import Settings
 from oms.errors import Unavailable, UnknownReference
 from oms.infra.db import Q
@@ -262,6 +263,7 @@ def _new_order_rows(order: NormalizedOrder, order_id: str, d: _Decision, cause: 
             pickup_node_id=order.pickup_node_id, promised_by=d.promised_by, paid_at=d.paid_at,
             total_fen=_total_fen(order), freight_fen=order.freight_fen, discount_fen=order.discount_fen,
             reason=d.reason, channel_updated_at=order.updated_at,
+            shop_id=order.shop_id or default_shop_id(order.channel),
         ),
         lines=[
             LineRow(order_id=order_id, line_no=i + 1, sku=l.sku, quantity=l.quantity, unit_price_fen=l.unit_price,

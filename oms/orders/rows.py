@@ -35,6 +35,7 @@ class OrderRow(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     discount_fen: int
     reason: str | None
     channel_updated_at: datetime | None
+    shop_id: str | None = None
 
 
 class LineRow(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

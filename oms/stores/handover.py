@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+from oms.channels import outbox
 from oms.errors import Conflict, IllegalTransition, InvalidInput, NotFound, TooManyRequests
 from oms.infra.db import Q
 from oms.orders.model import (
@@ -59,7 +60,19 @@ async def _commit_in_redis(svc: Services, node_id: str, fulfillment_id: str) -> 
         log.exception("could not commit %s at %s in Redis; rebuild-inventory will", fulfillment_id, node_id)
 
 
-async def mark_shipped(svc: Services, node_id: str, order_id: str) -> StoreOrder:
+async def _confirm_later(conn: asyncpg.Connection, order: asyncpg.Record, f: asyncpg.Record, node_id: str,
+                         carrier: str | None = None, tracking_no: str | None = None) -> None:
+    """The platform's confirmation of a serving part, queued in the hand-over's transaction
+    (a transfer between our own nodes is nobody else's business)."""
+    if f["role"] == "serve":
+        await outbox.handover(conn, shop_id=order["shop_id"], order_id=order["id"], fulfillment_id=f["id"],
+                              node_id=node_id, mode=order["delivery_mode"], carrier=carrier, tracking_no=tracking_no)
+
+
+async def mark_shipped(svc: Services, node_id: str, order_id: str, carrier: str | None = None,
+                       tracking_no: str | None = None) -> StoreOrder:
+    """Handed to the courier; a parcel names its carrier and tracking number (a one-hour order
+    may leave with the store's own rider without them)."""
     async with svc.pool.acquire() as conn:
         async with conn.transaction():
             order, f = await locate(conn, order_id, node_id)
@@ -69,8 +82,12 @@ async def mark_shipped(svc: Services, node_id: str, order_id: str) -> StoreOrder
                     f"a pickup order is handed over with its pickup code: POST /stores/{node_id}/pickups/{{code}}",
                     current=f["status"], requested="shipped",
                 )
+            if order["delivery_mode"] == "ship" and f["role"] == "serve" and not (carrier and tracking_no):
+                raise InvalidInput("carrier and tracking_no: a parcel is handed over with both",
+                                   field="tracking_no" if carrier else "carrier")
             check_fulfillment_transition(f["status"], F.SHIPPED)
             await _hand_over(conn, order_id, node_id, f, F.SHIPPED, "store:shipped")
+            await _confirm_later(conn, order, f, node_id, carrier, tracking_no)
         await _commit_in_redis(svc, node_id, f["id"])
         return await store_view(conn, order_id, f["id"])
 
@@ -106,5 +123,6 @@ async def collect_pickup(svc: Services, node_id: str, code: str) -> StoreOrder:
             refuse_if_cancelled(order, f, "collected")
             check_fulfillment_transition(f["status"], F.COLLECTED)
             await _hand_over(conn, order["id"], node_id, f, F.COLLECTED, "store:collected")
+            await _confirm_later(conn, order, f, node_id)
         await _commit_in_redis(svc, node_id, f["id"])
         return await store_view(conn, order["id"], f["id"])

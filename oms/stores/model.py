@@ -118,6 +118,17 @@ class SkuWork(msgspec.Struct, kw_only=True):
     orders: list[str]
 
 
+class Intercepted(msgspec.Struct, frozen=True, kw_only=True):
+    """A hand-over the platform refused (e.g. Douyin: refund pending): stop the parcel."""
+
+    order_id: str
+    fulfillment_id: str
+    channel: str
+    external_id: str
+    reason: str | None
+    refused_at: datetime | None
+
+
 class PickList(msgspec.Struct, kw_only=True):
     node_id: str
     as_of: datetime
@@ -130,3 +141,5 @@ class PickList(msgspec.Struct, kw_only=True):
     #: pickup orders whose goods other nodes transfer here; once all are shipped, mark the order picked
     incoming: list[IncomingTransfer] = []
     at_risk: int = 0
+    #: handed over, but the platform refuses the shipment (refund pending): get the parcel back
+    intercepted: list[Intercepted] = []

@@ -14,6 +14,7 @@ from oms.orders.model import (
 )
 from oms.stores.model import (
     IncomingTransfer,
+    Intercepted,
     PickEntry,
     PickList,
     SkuWork,
@@ -33,7 +34,9 @@ async def pick_list_etag(svc: Services, node_id: str, now: datetime | None = Non
     """Changes when the store's open work changes, and each minute (minutes left move on)."""
     now = now or utcnow()
     r = await svc.pool.fetchrow(Q["store_picklist_fingerprint"], node_id)
-    raw = "|".join(str(x) for x in (r["n"], r["digest"], r["incoming"], r["node_version"], int(now.timestamp() // 60),
+    stopped = len(await svc.pool.fetch(Q["store_intercepted"], node_id))  # a refused hand-over changes it too
+    raw = "|".join(str(x) for x in (r["n"], r["digest"], r["incoming"], r["node_version"], stopped,
+                                    int(now.timestamp() // 60),
                                     PromiseClock.from_settings(svc.settings), svc.settings.pickup_expiry_hours))
     return f'W/"{hashlib.sha256(raw.encode()).hexdigest()[:24]}"'
 
@@ -75,5 +78,11 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
                          lines=[StoreLine(l["sku"], l["quantity"]) for l in r["lines"]], shipped_at=r["handed_over_at"])
         for r in await svc.pool.fetch(Q["store_incoming_transfers"], node_id)
     ]
+    intercepted = [
+        Intercepted(order_id=r["order_id"], fulfillment_id=r["fulfillment_id"], channel=r["channel"],
+                    external_id=r["external_id"], reason=r["reason"] or r["last_error"], refused_at=r["done_at"])
+        for r in await svc.pool.fetch(Q["store_intercepted"], node_id)
+    ]
     return PickList(node_id=node_id, as_of=now, items=items, by_sku=[by_sku[s] for s in sorted(by_sku)],
-                    awaiting_handover=handover, incoming=incoming, at_risk=sum(e.at_risk for e in items + handover))
+                    awaiting_handover=handover, incoming=incoming, at_risk=sum(e.at_risk for e in items + handover),
+                    intercepted=intercepted)

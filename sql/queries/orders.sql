@@ -4,18 +4,20 @@
 -- $1 is one JSON array of five arrays of rows (each row an array of column values, in the column
 -- order below): orders, lines, fulfilments, reservations, history. JSON because encoding a
 -- batch as one document costs the client far less than 45 typed arrays element by element;
--- jsonb so PostgreSQL parses it once, not once per field read.
+-- jsonb so PostgreSQL parses it once, not once per field read. The reservations' insert adds
+-- the outbox rows of the SKUs it touched (one per SKU per batch) through its statement trigger
+-- (014_outbox.sql), in this same transaction.
 with batch as (
     select $1::text::jsonb as b
 ), new_orders as (
     insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
                         dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
                         promised_by, paid_at, total_fen, freight_fen, discount_fen, reason,
-                        channel_updated_at)
+                        channel_updated_at, shop_id)
     select r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->6)::jsonb,
            (r->>7)::float8, (r->>8)::float8, r->>9, (r->>10)::bool, r->>11,
            (r->>12)::timestamptz, (r->>13)::timestamptz, (r->>14)::bigint,
-           (r->>15)::bigint, (r->>16)::bigint, r->>17, (r->>18)::timestamptz
+           (r->>15)::bigint, (r->>16)::bigint, r->>17, (r->>18)::timestamptz, r->>19
       from batch, jsonb_array_elements(b->0) r
     on conflict (channel, external_id) do nothing
     returning id

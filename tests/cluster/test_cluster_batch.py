@@ -8,7 +8,6 @@ import asyncio
 import secrets
 import time
 
-import pytest
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
