@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench clean stop
+.PHONY: run sale test install bench clean stop
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (or make PY=python3)"; exit 1; }
@@ -18,7 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/oms migrate
 	$(BIN)/oms seed-demo --if-empty
-	$(BIN)/oms serve --host 127.0.0.1 --port $${OMS_PORT:-8000} --workers $${OMS_WORKERS:-2}
+	$(BIN)/oms serve --host 127.0.0.1 --port $${OMS_PORT:-8000} --workers $${OMS_WORKERS:-2} --demo-channels
+
+# in a second terminal while `make run` serves: a minute of Double 11 on all four channels
+# (options: make sale SALE_ARGS="--seconds 120 --rate 20")
+sale: $(STAMP)
+	$(BIN)/oms simulate-sale $(SALE_ARGS)
 
 # the order path's invariant tests run twice: on one Redis (the whole suite) and on a local
 # three-master Redis Cluster (stampedes, duplicates, rebuild, store re-routes, webhooks)

@@ -159,6 +159,44 @@ def locate_region(province: str | None, city: str | None, district: str | None) 
     return None
 
 
+def _prefix_match(text: str, rank: int, prefix: str) -> Place | None:
+    """The gazetteer entry of `rank` under adcode `prefix` whose name (or short name) starts `text`,
+    the longest such name winning."""
+    best: tuple[int, Place] | None = None
+    for place in _gazetteer():
+        if place.rank != rank or not place.adcode.startswith(prefix) or place.name == "市辖区":
+            continue
+        for name in (place.name, _short(place.name)):
+            if len(name) >= 2 and text.startswith(name) and (best is None or len(name) > best[0]):
+                best = (len(name), place)
+    return best[1] if best else None
+
+
+@lru_cache(maxsize=4096)
+def region_from_text(address: str) -> tuple[str | None, str | None, str | None]:
+    """(province, city, district) read from the start of a Chinese address ("上海市黄浦区南京东路…"),
+    as cpca does, with the gazetteer's full names; None for the parts the text does not name."""
+    text = (address or "").strip()
+    province = city = district = None
+    prov = _prefix_match(text, 0, "")
+    prefix = ""
+    if prov is not None:
+        province, prefix = prov.name, prov.adcode[:2]
+        text = text[len(prov.name):] if text.startswith(prov.name) else text[len(_short(prov.name)):]
+    town = _prefix_match(text, 1, prefix)
+    if town is not None:
+        city, prefix = town.name, town.adcode[:4]
+        text = text[len(town.name):] if text.startswith(town.name) else text[len(_short(town.name)):]
+        if province is None:
+            province = next((p.name for p in _gazetteer() if p.adcode == town.adcode[:2] + "0000"), None)
+    elif province is not None and province.endswith("市"):
+        city = province  # a municipality is its own city
+    county = _prefix_match(text, 2, prefix) if prefix else None
+    if county is not None:
+        district = county.name
+    return province, city, district
+
+
 def _check_point(lat: float, lng: float, field: str) -> None:
     if not (math.isfinite(lat) and math.isfinite(lng)) or not (-90 <= lat <= 90 and -180 <= lng <= 180):
         raise PayloadError(field, "coordinates out of range")
@@ -175,8 +213,11 @@ def destination_from_point(
     district: str | None = None,
     wgs84: bool = False,
 ) -> Destination:
-    """Destination from the buyer's own point; converts WGS-84 to GCJ-02 when asked."""
+    """Destination from the buyer's own point; converts WGS-84 to GCJ-02 when asked. Region names
+    the channel left out are read from the address text."""
     _check_point(lat, lng, field)
+    if not (province or city or district) and address:
+        province, city, district = region_from_text(address)
     if wgs84:
         lat, lng = wgs84_to_gcj02(lat, lng)
     return Destination(
@@ -192,7 +233,10 @@ def destination_from_region(
     field: str,
     address: str = "",
 ) -> Destination:
-    """Destination at the district's centre (marked approximate); PayloadError when unknown."""
+    """Destination at the district's centre (marked approximate); PayloadError when unknown. When
+    the channel gave only the address text, the region is read from it."""
+    if not (province or city or district) and address:
+        province, city, district = region_from_text(address)
     place = locate_region(province, city, district)
     if place is None or place.lat is None or place.lng is None:
         raise PayloadError(field, "no coordinates and the region is not in the gazetteer")

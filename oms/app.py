@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from oms.api.catalogue import CatalogueController
 from oms.api.errors import EXCEPTION_HANDLERS
+from oms.api import openapi
 from oms.api.orders import OrderController
 from oms.api import ops as ops_api, shops as shops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
@@ -57,12 +56,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return state.services
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Litestar(
-        route_handlers=[healthz, OrderController, CatalogueController, *stores_api.ROUTES, *shops_api.ROUTES, *ops_api.ROUTES, *webhooks_api.ROUTES],
+    # httpx logs every platform call at INFO with its query, where platform APIs carry access tokens
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = Litestar(
+        route_handlers=[healthz, OrderController, CatalogueController, *stores_api.ROUTES, *shops_api.ROUTES,
+                        *ops_api.ROUTES, *webhooks_api.ROUTES, openapi.swagger_asset],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="OMS", version="0.1.0", path="/schema",
-                                     render_plugins=[SwaggerRenderPlugin()]),
+        openapi_config=openapi.config(),
         debug=False,
     )
+    openapi.complete(app)
+    return app

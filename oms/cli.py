@@ -1,4 +1,4 @@
-"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, stop-embedded, version."""
+"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, simulate-sale, stop-embedded, version."""
 
 from __future__ import annotations
 
@@ -78,6 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     embedded_in_use = (settings.database_url is None, settings.redis_url is None)
     # workers inherit one set of URLs and one token, and skip the start-up checks done here once
     os.environ.update(OMS_DATABASE_URL=db_url, OMS_REDIS_URL=redis_url, OMS_ADMIN_TOKEN=settings.admin_token)
+    if args.demo_channels:  # the demo shop's credentials, for the variables the user left unset
+        from oms.demo import channels as demo_channels
+
+        demo = demo_channels.load_or_create(settings.data_dir)
+        if demo_channels.apply(demo, os.environ):
+            print(f"demo shop: channel credentials from {settings.data_dir / demo_channels.FILE_NAME}; "
+                  f"platform order APIs at {demo.platform_url} (served by `oms simulate-sale`)", flush=True)
     asyncio.run(_with_services(lambda s: asyncio.sleep(0)))  # migrate + inventory check
     os.environ["OMS_PREPARED"] = "1"
     if args.workers > 1:  # one Prometheus directory for every worker: /metrics reports one truth
@@ -125,6 +132,12 @@ def cmd_channels(args: argparse.Namespace) -> int:
     return asyncio.run(run_channel_worker(args.channel))
 
 
+def cmd_simulate_sale(args: argparse.Namespace) -> int:
+    from oms.demo import sale
+
+    return sale.main(args)
+
+
 def cmd_stop_embedded(_: argparse.Namespace) -> int:
     from oms.infra import embedded
 
@@ -160,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--keep-embedded", action="store_true", help="leave embedded PostgreSQL/Redis running on exit")
     s.add_argument("--no-dispatcher", action="store_true",
                    help="do not run the outbox dispatcher (also OMS_DISPATCHER=0); run `oms channels sync` elsewhere")
+    s.add_argument("--demo-channels", action="store_true",
+                   help="set the demo shop's channel credentials (kept in OMS_DATA_DIR) for unset OMS_* variables")
     s.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sd = sub.add_parser("seed-demo", help="load the demo city, catalogue and stock")
@@ -172,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "sync (outbox dispatcher: stock and hand-overs to the platforms)")
     ch.add_argument("channel", choices=["tmall", "jd", "sync"])
     ch.set_defaults(fn=cmd_channels)
+    ss = sub.add_parser("simulate-sale", help="drive the running demo like the first minutes of Double 11")
+    from oms.demo.sale import add_arguments
+
+    add_arguments(ss)
+    ss.set_defaults(fn=cmd_simulate_sale)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

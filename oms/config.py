@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     channel_workers: tuple[str, ...] = ()
     #: a lease not renewed for this long is taken over by another process
     lease_ttl_s: float = 10.0
+    #: serve /metrics without the admin token (a Prometheus that cannot send a bearer token)
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -54,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             pg_pool_size=int(e.get("OMS_PG_POOL_SIZE", 10)),
             channel_workers=tuple(c.strip() for c in e.get("OMS_CHANNEL_WORKERS", "").split(",") if c.strip()),
             lease_ttl_s=float(e.get("OMS_LEASE_TTL_S", 10)),
+            metrics_public=e.get("OMS_METRICS_PUBLIC", "") in ("1", "true", "yes"),
         )
 
 

@@ -6,6 +6,7 @@ import math
 
 import msgspec
 
+from oms.demo.city import HOT_STORE_UNITS, HOT_WAREHOUSE_UNITS
 from oms.demo.city import (
     DEMO_NODES,
     DEMO_SKUS,
@@ -14,6 +15,8 @@ from oms.demo.city import (
     DemoNode,
     DemoSku,
     demo_stock,
+    HOT_SKU,
+    SALE_SKUS,
 )
 
 LAT_MIN, LAT_MAX = 30.7, 31.9
@@ -147,15 +150,19 @@ def test_demo_stock_deterministic_and_referentially_sound() -> None:
         assert (node_id, sku) not in seen
         seen.add((node_id, sku))
         per_node[node_id] = per_node.get(node_id, 0) + 1
-        if node_kind[node_id] == "warehouse":
-            assert 100 <= qty <= 500
+        if sku == HOT_SKU:
+            assert qty == (HOT_WAREHOUSE_UNITS if node_kind[node_id] == "warehouse" else HOT_STORE_UNITS)
+        elif node_kind[node_id] == "warehouse":
+            assert (1500 <= qty <= 2500) if sku in SALE_SKUS else (100 <= qty <= 500)
+        elif sku in SALE_SKUS:
+            assert qty >= 8  # the bestsellers in depth at every store
         else:
-            assert 0 <= qty <= 12
+            assert 0 <= qty <= 8
 
     # warehouse holds every SKU
     assert per_node[DEMO_WAREHOUSE_ID] == len(DEMO_SKUS)
-    # each store holds roughly 40% of the catalogue
+    # each store holds the bestsellers and roughly 30% of the rest
     for n in DEMO_NODES:
         if n.kind == "store":
             share = per_node.get(n.id, 0) / len(DEMO_SKUS)
-            assert 0.25 <= share <= 0.55, (n.id, share)
+            assert 0.3 <= share <= 0.55, (n.id, share)

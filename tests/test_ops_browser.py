@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -80,6 +81,7 @@ class CDP:
     def __init__(self, ws) -> None:
         self.ws = ws
         self.next_id = 0
+        self.events: list[dict] = []  # what the browser told us meanwhile (e.g. Network.requestWillBeSent)
 
     async def call(self, method: str, **params):
         self.next_id += 1
@@ -91,6 +93,8 @@ class CDP:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
+            if "method" in msg:
+                self.events.append(msg)
 
     async def eval(self, expression: str):
         r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -109,6 +113,18 @@ class CDP:
         state = await self.eval("JSON.stringify({polls: window.__ops && window.__ops.polls, ok: window.__ops && window.__ops.ok,"
                                 " errors: window.__ops && window.__ops.errors.slice(-5)})")
         raise AssertionError(f"timed out waiting for {what or expression}; page state: {state}")
+
+    async def wait_until(self, expression: str, timeout: float = 30.0, what: str = ""):
+        """wait_for for pages other than /ops."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await self.eval(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.2)
+        problems = [e["params"] for e in self.events
+                    if e.get("method") in ("Runtime.exceptionThrown", "Log.entryAdded", "Network.loadingFailed")][-5:]
+        raise AssertionError(f"timed out waiting for {what or expression}; {problems}")
 
     async def screenshot(self, width: int, height: int, path: Path) -> None:
         await self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
@@ -279,3 +295,137 @@ async def test_ops_page_updates_live_and_is_readable(settings, client, world, se
                 except subprocess.TimeoutExpired:
                     stop_group(browser)
             stop_group(server)
+
+
+# ---- the API docs offline, and the wall during a sale --------------------------------------------
+
+class Browser:
+    """Headless Chromium with one page over CDP; `offline` resolves no host name at all, so only
+    the server on 127.0.0.1 can answer (a CDN could not)."""
+
+    def __init__(self, chromium: str, tmp: Path, offline: bool = True) -> None:
+        self.log = tmp / "chromium.log"
+        self.profile = tmp / "chromium-profile"
+        flags = [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
+                 "--remote-allow-origins=*", "--window-size=1366,768"]
+        if offline:
+            flags.append("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen([chromium, *flags, "about:blank"], stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    async def page(self) -> str:
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "Chromium did not open its debugging port"
+            await asyncio.sleep(0.1)
+        devtools_port = int(port_file.read_text().split()[0])
+        async with httpx.AsyncClient(timeout=5) as c:
+            targets = (await c.get(f"http://127.0.0.1:{devtools_port}/json/list")).json()
+        return next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+        self._log.close()
+
+
+async def test_swagger_ui_works_with_the_network_disabled(settings, tmp_path):
+    chromium = chromium_path()
+    import websockets
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "OMS_PREPARED")}
+    env.update(OMS_DATABASE_URL=settings.database_url, OMS_REDIS_URL=settings.redis_url,
+               OMS_ADMIN_TOKEN=settings.admin_token, OMS_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    server_log = tmp_path / "server.log"
+    with open(server_log, "wb") as slog:
+        server = subprocess.Popen([sys.executable, "-m", "oms.cli", "serve", "--host", "127.0.0.1",
+                                   "--port", str(port), "--workers", "1"],
+                                  cwd=ROOT, env=env, stdout=slog, stderr=subprocess.STDOUT, start_new_session=True)
+        browser = None
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(base + "/healthz", server, server_log)
+            browser = Browser(chromium, tmp_path)
+            async with websockets.connect(await browser.page(), max_size=None) as ws:
+                cdp = CDP(ws)
+                await cdp.call("Page.enable")
+                await cdp.call("Network.enable")
+                await cdp.call("Runtime.enable")
+                await cdp.call("Log.enable")
+                await cdp.call("Page.navigate", url=f"{base}/schema/swagger")
+                ops = await cdp.wait_until("document.querySelectorAll('.opblock').length", timeout=40,
+                                           what="Swagger UI to list the operations")
+                assert ops >= 25
+                text = await cdp.eval("document.body.innerText")
+                for path in ("/orders", "/skus", "/stores/{node_id}/picklist", "/webhooks/douyin", "/ops/summary"):
+                    assert path in text, path
+                assert await cdp.eval("!!document.querySelector('.btn.authorize')"), "no Authorize button"
+                # open POST /orders: the error schema and its statuses are listed
+                clicked = await cdp.eval("""(() => {
+                    const op = [...document.querySelectorAll('.opblock-post')].find(
+                        b => b.querySelector('.opblock-summary-path')?.getAttribute('data-path') === '/orders');
+                    (op?.querySelector('.opblock-summary-control') || op?.querySelector('.opblock-summary'))?.click();
+                    return !!op;
+                })()""")
+                assert clicked, "POST /orders is not listed"
+                await cdp.wait_until("document.body.innerText.includes('missing or wrong bearer token')",
+                                     what="the 401 of POST /orders")
+                urls = [urlsplit(e["params"]["request"]["url"]) for e in cdp.events
+                        if e.get("method") == "Network.requestWillBeSent"]
+                hosts = {u.hostname for u in urls if u.scheme not in ("data", "blob")}
+                assert hosts == {"127.0.0.1"}, hosts  # everything came from the service itself
+                assert any(u.path == "/schema/assets/swagger-ui-bundle.js" for u in urls)
+                await cdp.call("Browser.close")
+        finally:
+            if browser is not None:
+                browser.stop()
+            stop_group(server)
+
+
+async def test_the_ops_wall_during_a_sale_makes_the_readme_screenshot(server_urls, tmp_path):
+    """`make run` + `make sale` in small: the demo city served, a sale running, the wall filling.
+    The screenshot lands in <tmp>; with OMS_UPDATE_DOCS=1 it replaces docs/ops-sale.png."""
+    chromium = chromium_path()
+    import websockets
+    from newcomer_demo_server import ADMIN_TOKEN, DemoServer
+
+    demo = DemoServer(*server_urls, tmp_path / "data")
+    browser = sale = None
+    try:
+        await demo.start()
+        sale = subprocess.Popen([sys.executable, "-m", "oms.cli", "simulate-sale", "--url", demo.url,
+                                 "--seconds", "25", "--rate", "10", "--seed", "7"],
+                                cwd=ROOT, env=demo.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        browser = Browser(chromium, tmp_path)
+        async with websockets.connect(await browser.page(), max_size=None) as ws:
+            cdp = CDP(ws)
+            await cdp.call("Page.enable")
+            await cdp.call("Emulation.setDeviceMetricsOverride", width=1366, height=768, deviceScaleFactor=1,
+                           mobile=False)
+            await cdp.call("Page.navigate", url=f"{demo.url}/ops?token={ADMIN_TOKEN}")
+            await cdp.wait_for("window.__ops && window.__ops.ok >= 1", what="the first summary")
+            await cdp.wait_for("(document.getElementById('orders-total').textContent.replace(/\\D/g, '')|0) >= 120",
+                               timeout=40, what="the sale to fill the wall")
+            await cdp.wait_for("document.querySelectorAll('#map polygon.hex').length > 50", what="the city map")
+            assert await cdp.eval("document.getElementById('oversell-tile').classList.contains('ok')")
+            assert await cdp.eval("window.__ops.errors.length") == 0
+            shot = await cdp.call("Page.captureScreenshot", format="png",
+                                  clip={"x": 0, "y": 0, "width": 1366, "height": 768, "scale": 0.75})
+            path = tmp_path / "ops-sale.png"
+            path.write_bytes(base64.b64decode(shot["data"]))
+            assert 30_000 < path.stat().st_size < 400_000
+            shutil.copyfile(path, "/tmp/ops-sale.png")
+            if os.environ.get("OMS_UPDATE_DOCS") == "1":
+                shutil.copyfile(path, ROOT / "docs" / "ops-sale.png")
+            await cdp.call("Browser.close")
+    finally:
+        if sale is not None:
+            stop_group(sale)
+        if browser is not None:
+            browser.stop()
+        await demo.stop()

@@ -134,10 +134,10 @@ async def test_delivery_order_picked_shipped_commits_stock(world, services):
     assert [f["node_id"] for f in order["fulfillments"]] == [near.id]
 
     entry = on_list(await near.items(), order["id"])
-    assert entry is not None and entry["lines"] == [{"sku": tea, "quantity": 2}]
+    assert entry is not None and entry["lines"] == [{"sku": tea, "quantity": 2, "name": "tea"}]  # staff read names
     assert 55 < entry["minutes_left"] <= 60 and entry["at_risk"] is False
     assert on_list(await far.items(), order["id"]) is None
-    assert (await near.picklist()).json()["by_sku"] == [{"sku": tea, "quantity": 2, "orders": [order["id"]]}]
+    assert (await near.picklist()).json()["by_sku"] == [{"sku": tea, "quantity": 2, "orders": [order["id"]], "name": "tea"}]
 
     r = await near.picked(order["id"])
     assert r.status_code == 200, r.text
@@ -237,8 +237,8 @@ async def test_reject_one_line_reroutes_it_and_availability_drops(world, service
     assert body["lines"] == [{"sku": milk, "quantity": 1}] and body["status"] == "allocated"
 
     # the bread is on the second-best store's list, the milk stays on the first's
-    assert on_list(await far.items(), order["id"])["lines"] == [{"sku": bread, "quantity": 1}]
-    assert on_list(await near.items(), order["id"])["lines"] == [{"sku": milk, "quantity": 1}]
+    assert on_list(await far.items(), order["id"])["lines"] == [{"sku": bread, "quantity": 1, "name": "bread"}]
+    assert on_list(await near.items(), order["id"])["lines"] == [{"sku": milk, "quantity": 1, "name": "milk"}]
     # the damaged unit left the first store: on-hand and availability down, not released back
     lv = await level(world.c, bread, near.id)
     assert (lv["on_hand"], lv["reserved"], lv["available"]) == (0, 0, 0)
@@ -303,7 +303,8 @@ async def test_store_isolation(world, services):
     assert (await c.get(f"/stores/{a.id}/picklist", headers=auth(b.token))).status_code == 403
     assert (await c.get(f"/stores/{a.id}/picklist", headers=auth(None))).status_code == 401
     assert (await c.get(f"/stores/{a.id}/picklist", headers=auth("oms_store_guess"))).status_code == 401
-    assert (await c.get(f"/stores/{a.id}/picklist")).status_code == 401  # the admin token is no store token
+    denied = await c.get(f"/stores/{a.id}/picklist")  # the admin token is no store token
+    assert denied.status_code == 403 and "admin token is not a store token" in denied.json()["message"]
     for verb in ("picked", "shipped"):
         r = await c.post(f"/stores/{a.id}/orders/{order['id']}/{verb}", headers=auth(b.token))
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
@@ -505,7 +506,7 @@ async def test_picklist_orders_by_promise_flags_at_risk_and_supports_etag(world,
     assert (first["pick_minutes"], second["pick_minutes"]) == (1.0, 2.0)  # queue position x 60/capacity
     assert third["minutes_left"] is None and third["at_risk"] is False
     assert body["at_risk"] == 0
-    assert body["by_sku"] == [{"sku": pen, "quantity": 4, "orders": ids}]
+    assert body["by_sku"] == [{"sku": pen, "quantity": 4, "orders": ids, "name": "pen"}]
 
     # half an hour on, nobody has picked: the older one (20 min left < 1 picking + 25 courier) is at risk
     later = await picklist.pick_list(services, s.id, now=now + timedelta(minutes=30))

@@ -12,6 +12,7 @@ from litestar import Controller, Response, get, put
 from litestar.background_tasks import BackgroundTask
 from litestar.params import Parameter
 
+from oms.api import cursor
 from oms.api.auth import admin_guard
 from oms.infra.db import Q
 from oms.network.model import Node, NodeIn
@@ -40,6 +41,12 @@ class Sku(msgspec.Struct, kw_only=True):
     sku: str
     name: str
     unit_price: int
+
+
+class SkuPage(msgspec.Struct, kw_only=True):
+    items: list[Sku]
+    #: pass as `after` for the next page; null on the last page
+    next_after: str | None = None
 
 
 class StockIn(msgspec.Struct, kw_only=True):
@@ -95,6 +102,19 @@ class CatalogueController(Controller):
     async def put_sku(self, sku: SkuPath, data: SkuIn, services: Services) -> Sku:
         await services.pool.execute(Q["sku_upsert_many"], [sku], [data.name], [data.unit_price])
         return Sku(sku=sku, name=data.name, unit_price=data.unit_price)
+
+    @get("/skus", summary="The catalogue in code order, paged; filter by code prefix")
+    async def list_skus(
+        self,
+        services: Services,
+        prefix: Annotated[str, Parameter(max_length=64, description="only codes starting with this")] = "",
+        after: Annotated[str | None, Parameter(description="cursor from next_after")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    ) -> SkuPage:
+        last = cursor.decode(after, 1, "after")[0] if after else ""
+        rows = await services.pool.fetch(Q["skus_page"], prefix, last, limit)
+        items = [Sku(sku=r["sku"], name=r["name"], unit_price=r["unit_price_fen"]) for r in rows]
+        return SkuPage(items=items, next_after=cursor.encode(items[-1].sku) if len(items) == limit else None)
 
     @put("/sku-map/{channel:str}/{platform_sku_id:str}", summary="Map a platform SKU id without a merchant code")
     async def put_sku_map(self, channel: str, platform_sku_id: str, data: SkuMapIn, services: Services) -> dict:

@@ -1,6 +1,7 @@
 """Ops dashboard, summary and metrics (issue: ops dashboard). Route handlers are listed in ROUTES.
 
-    GET /metrics        Prometheus text, no auth (every worker's counters + gauges read at scrape)
+    GET /metrics        Prometheus text (every worker's counters + gauges read at scrape); admin token
+                        unless OMS_METRICS_PUBLIC=1
     GET /ops/summary    the dashboard's JSON (admin token)
     GET /ops/map        the city as H3 hexagons for the dashboard map (admin token)
     GET /ops            the dashboard page (static; it asks for the admin token itself)
@@ -35,8 +36,15 @@ _WORKER = {"X-OMS-Worker": str(os.getpid())}
 _NO_CACHE = {"Cache-Control": "no-store"}
 
 
+async def metrics_guard(connection, handler) -> None:  # noqa: ANN001 - litestar guard signature
+    """The admin token, unless OMS_METRICS_PUBLIC=1 opened /metrics to any scraper."""
+    if not connection.app.state.services.settings.metrics_public:
+        await admin_guard(connection, handler)
+
+
 @get("/metrics", summary="Prometheus metrics of every worker process, plus store load and the oversell check",
-     tags=["ops"], media_type="text/plain")
+     description="Admin token (bearer) unless the server runs with OMS_METRICS_PUBLIC=1.",
+     tags=["ops"], media_type="text/plain", guards=[metrics_guard])
 async def prometheus_metrics(services: Services) -> Response[bytes]:
     extra = await ops.scrape_gauges(services)
     body, content_type = metrics.exposition(extra)

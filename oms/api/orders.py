@@ -9,6 +9,7 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
+from oms.api import cursor
 from oms.api.auth import admin_guard
 from oms.orders.model import NormalizedOrder, Order, OrderStatus
 from oms.errors import Conflict, InvalidInput
@@ -48,22 +49,22 @@ class OrderController(Controller):
         channel: str | None = None,
         external_id: str | None = None,
         status: str | None = None,
-        before: Annotated[str | None, Parameter(description="cursor from next_before")] = None,
+        before: Annotated[str | None, Parameter(description="opaque cursor from next_before (URL-safe)")] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     ) -> OrderPage:
         if status is not None and status not in OrderStatus.__members__.values():
             raise InvalidInput(f"status must be one of {', '.join(OrderStatus)}", field="status")
-        cursor = None
+        position = None
         if before:
+            at, oid = cursor.decode(before, 2, "before")
             try:
-                at, _, oid = before.partition("|")
-                cursor = (datetime.fromisoformat(at), oid)
+                position = (datetime.fromisoformat(at), oid)
             except ValueError:
                 raise InvalidInput("before is not a cursor this API returned", field="before") from None
         async with services.pool.acquire() as conn:
             items = await list_orders(conn, channel=channel, external_id=external_id, status=status,
-                                      before=cursor, limit=limit, clock=services.promise)
-        nxt = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(items) == limit else None
+                                      before=position, limit=limit, clock=services.promise)
+        nxt = cursor.encode(items[-1].created_at.isoformat(), items[-1].id) if len(items) == limit else None
         return OrderPage(items=items, next_before=nxt)
 
     @post("/{order_id:str}/allocate", status_code=200,

@@ -6,6 +6,7 @@ Store (that store's token only): pick list, picked, reject, shipped, pickup code
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 import msgspec
@@ -20,11 +21,17 @@ from oms.wiring import Services
 
 
 async def store_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """`/stores/{node_id}/...` needs that node's token: none or unknown 401, another store's 403."""
+    """`/stores/{node_id}/...` needs that node's token: none or unknown 401, another store's or the
+    admin token 403."""
     token = bearer(connection)
     if token is None:
         raise Unauthorized("missing store token: send 'Authorization: Bearer <token>'", field="authorization")
-    owner = await tokens.token_owner(connection.app.state.services.pool, token)
+    services = connection.app.state.services
+    if hmac.compare_digest(token.encode(), services.settings.admin_token.encode()):
+        # ops act for a store with that store's token, so every action is the store's own
+        raise Forbidden("admin token is not a store token: issue one with POST /nodes/{node_id}/tokens",
+                        field="authorization")
+    owner = await tokens.token_owner(services.pool, token)
     if owner is None:
         raise Unauthorized("unknown or revoked store token", field="authorization")
     node_id = connection.path_params.get("node_id")

@@ -30,6 +30,8 @@ __all__ = [
     "SHANGHAI_DISTRICTS",
     "SHANGHAI_BOUNDS",
     "demo_stock",
+    "SALE_SKUS",
+    "HOT_SKU",
 ]
 
 NodeKind = Literal["store", "warehouse"]
@@ -293,22 +295,51 @@ DEMO_SKUS: tuple[DemoSku, ...] = _build_skus()
 # --------------------------------------------------------------------------
 
 
+#: the bestsellers every Shanghai store carries in depth for a sale (and `oms simulate-sale` sells)
+SALE_SKUS: tuple[str, ...] = (
+    *(f"SKU-TEE-{c}-{s}" for c in ("WHT", "BLK", "GRY", "NVY", "RED") for s in ("M", "L")),
+    *(f"SKU-HOOD-{c}-{s}" for c in ("GRY", "OLV") for s in ("M", "L")),
+    "SKU-HOOD-BLK-L",
+    *(f"SKU-CAP-{c}-F" for c in ("BLK", "WHT", "NVY", "BEI")),
+    *(f"SKU-SOCK-{c}-{s}" for c in ("WHT", "BLK", "GRY") for s in ("M", "L")),
+    *(f"SKU-BTL-{c}-F" for c in ("WHT", "BLK", "GRN")),
+    "SKU-TOTE-NAT-F", "SKU-TOTE-BLK-F", "SKU-UMBR-BLK-F", "SKU-UMBR-NVY-F",
+    *(f"SKU-SNKR-WHT-{s}" for s in ("40", "41", "42")),
+    *(f"SKU-JEAN-DBL-{w}" for w in ("30", "31", "32")),
+)
+#: the Double 11 hot item: few units, everywhere, sold out within minutes (no oversell, ever)
+HOT_SKU = "SKU-HOOD-BLK-M"
+HOT_WAREHOUSE_UNITS = 30
+HOT_STORE_UNITS = 1
+
+
 def demo_stock(seed: int = 11) -> list[tuple[str, str, int]]:
     """Deterministic initial stock rows ``(node_id, sku, on_hand)``.
 
-    The warehouse holds every SKU (100-500 units); each store holds a random
-    ~40% subset of SKUs (0-12 units; a zero row is a "listed but sold out"
-    item).  Only ``random.Random(seed)`` is used, so the same seed always
-    yields the same list.
+    The warehouse holds every SKU (100-500 units; the bestsellers 1,500-2,500). Every store
+    holds the bestsellers (``SALE_SKUS``) in depth, scaled to its picking capacity, so a
+    one-hour order finds them nearby; besides, each store holds a random ~30% of the rest
+    (0-8 units; a zero row is a "listed but sold out" item). The hot SKU is scarce on purpose:
+    ``HOT_STORE_UNITS`` per store and ``HOT_WAREHOUSE_UNITS`` in the warehouse. Only
+    ``random.Random(seed)`` is used, so the same seed always yields the same list.
     """
     rng = random.Random(seed)
+    core = set(SALE_SKUS)
     rows: list[tuple[str, str, int]] = []
     for node in DEMO_NODES:
         if node.kind == "warehouse":
             for s in DEMO_SKUS:
-                rows.append((node.id, s.sku, rng.randint(100, 500)))
-        else:
-            for s in DEMO_SKUS:
-                if rng.random() < 0.4:
-                    rows.append((node.id, s.sku, rng.randint(0, 12)))
+                if s.sku == HOT_SKU:
+                    rows.append((node.id, s.sku, HOT_WAREHOUSE_UNITS))
+                else:
+                    rows.append((node.id, s.sku, rng.randint(1500, 2500) if s.sku in core else rng.randint(100, 500)))
+            continue
+        depth = max(1, node.capacity_per_hour // 10)
+        for s in DEMO_SKUS:
+            if s.sku == HOT_SKU:
+                rows.append((node.id, s.sku, HOT_STORE_UNITS))
+            elif s.sku in core:
+                rows.append((node.id, s.sku, rng.randint(4 * depth, 8 * depth)))
+            elif rng.random() < 0.3:
+                rows.append((node.id, s.sku, rng.randint(0, 8)))
     return rows

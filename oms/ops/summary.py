@@ -89,13 +89,25 @@ class Backorders(msgspec.Struct, kw_only=True):
     recent: list[Backorder]
 
 
+class RanOut(msgspec.Struct, kw_only=True):
+    node_id: str
+    name: str
+    kind: str
+
+
 class OutOfStock(msgspec.Struct, kw_only=True):
+    """A SKU whose lines were backordered today: where it ran out (nodes that stock it and have
+    none available now) and how much is still available elsewhere, with the latest line's reason."""
+
     sku: str
     name: str
     lines: int
     units: int
     orders: int
     available_now: int
+    ran_out_at: list[RanOut] = []
+    ran_out_count: int = 0
+    example: str | None = None
 
 
 class StoreLoad(msgspec.Struct, kw_only=True):
@@ -309,11 +321,12 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         nodes = await conn.fetch(Q["nodes_all"])
         at_risk = await at_risk_list(conn, work, {n["id"]: n["name"] for n in nodes})
         pg_oversold = await postgres_oversold(conn)
+        stocked = await conn.fetch(Q["ops_stock_nodes"], [r["sku"] for r in oos]) if oos else []
     node_ids = [n["id"] for n in nodes]
     active = [n for n in nodes if n["active"]]
     rd_oversold = await redis_oversold(services.inventory, node_ids)
     routing = await routing_stats(services.redis)
-    available = await _available_now(services.inventory, active, [r["sku"] for r in oos])
+    available, ran_out = await _stock_now(services.inventory, active, [r["sku"] for r in oos], stocked)
     channels = [ChannelTotals(channel=r["channel"], orders=r["orders"], gmv_fen=r["gmv_fen"], accepted=r["accepted"],
                               backordered=r["backordered"], cancelled=r["cancelled"]) for r in channel_rows]
     totals = Totals(**{f: sum(getattr(c, f) for c in channels)
@@ -334,7 +347,8 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
                               reason=r["reason"], created_at=r["created_at"]) for r in recent],
         ),
         out_of_stock=[OutOfStock(sku=r["sku"], name=r["name"], lines=r["lines"], units=r["units"], orders=r["orders"],
-                                 available_now=available.get(r["sku"], 0)) for r in oos],
+                                 available_now=available.get(r["sku"], 0), ran_out_at=ran_out.get(r["sku"], [])[:5],
+                                 ran_out_count=len(ran_out.get(r["sku"], [])), example=r["example"]) for r in oos],
         stores=_store_loads(active, load),
         open_picks=sum(r["open_picks"] for r in load.values()),
         at_risk_total=sum(r["at_risk"] for r in load.values()),
@@ -350,14 +364,26 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
     )
 
 
-async def _available_now(inventory: Inventory, active: list[Any], skus: list[str]) -> dict[str, int]:
-    """Units of each SKU available now over the active nodes (Redis)."""
+async def _stock_now(inventory: Inventory, active: list[Any], skus: list[str],
+                     stocked: list[Any]) -> tuple[dict[str, int], dict[str, list[RanOut]]]:
+    """Units of each SKU available now over the active nodes (Redis), and where it ran out: the
+    nodes that stock it (`stocked`: sku, node_id rows) with none available now, warehouses first."""
     available: dict[str, int] = {}
-    if skus and active:
-        for per_node in (await inventory.available([n["id"] for n in active], skus)).values():
-            for sku, a in per_node.items():
-                available[sku] = available.get(sku, 0) + max(a, 0)
-    return available
+    ran_out: dict[str, list[RanOut]] = {}
+    if not skus or not active:
+        return available, ran_out
+    avail = await inventory.available([n["id"] for n in active], skus)
+    for per_node in avail.values():
+        for sku, a in per_node.items():
+            available[sku] = available.get(sku, 0) + max(a, 0)
+    by_id = {n["id"]: n for n in active}
+    for r in stocked:
+        n = by_id.get(r["node_id"])
+        if n is not None and avail.get(n["id"], {}).get(r["sku"], 0) <= 0:
+            ran_out.setdefault(r["sku"], []).append(RanOut(node_id=n["id"], name=n["name"], kind=n["kind"]))
+    for places in ran_out.values():  # the warehouse first: it runs out last and matters most
+        places.sort(key=lambda p: (p.kind != "warehouse", p.node_id))
+    return available, ran_out
 
 
 def _per_minute(rows: list[Any], minute0: datetime, channels: list[ChannelTotals]) -> OrdersPerMinute:

@@ -32,9 +32,11 @@ OUT_OF_STOCK_REASONS = frozenset({"out_of_stock", "out-of-stock", "out of stock"
 
 
 # ---- shapes --------------------------------------------------------------------------------
-class StoreLine(msgspec.Struct, frozen=True):
+class StoreLine(msgspec.Struct, frozen=True, omit_defaults=True):
     sku: str
     quantity: int
+    #: the product's name from the catalogue (pick lists), so staff need no code book
+    name: str | None = None
 
 
 class IssuedToken(msgspec.Struct, kw_only=True):
@@ -112,10 +114,11 @@ class IncomingTransfer(msgspec.Struct, kw_only=True):
     shipped_at: datetime | None = None
 
 
-class SkuWork(msgspec.Struct, kw_only=True):
+class SkuWork(msgspec.Struct, kw_only=True, omit_defaults=True):
     sku: str
     quantity: int
     orders: list[str]
+    name: str | None = None
 
 
 class Intercepted(msgspec.Struct, frozen=True, kw_only=True):

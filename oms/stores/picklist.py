@@ -54,7 +54,7 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
         left = clock.minutes_left(r["promised_by"], "allocated", now)
         # the list's order is the picking queue: `len(items)` allocated ones are ahead of this one
         est = clock.estimate(left, r["status"], len(items), capacity)
-        lines = [StoreLine(l["sku"], l["quantity"]) for l in r["lines"]]
+        lines = [StoreLine(l["sku"], l["quantity"], l.get("name")) for l in r["lines"]]
         entry = dict(
             fulfillment_id=r["id"], order_id=r["order_id"], channel=r["channel"], external_id=r["external_id"],
             delivery_mode=r["delivery_mode"], status=r["status"], lines=lines, allocated_at=r["created_at"],
@@ -64,7 +64,7 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
         if r["status"] == F.ALLOCATED:
             items.append(PickEntry(**entry, pick_minutes=est.pick_minutes, at_risk=est.at_risk))
             for l in lines:
-                w = by_sku.setdefault(l.sku, SkuWork(sku=l.sku, quantity=0, orders=[]))
+                w = by_sku.setdefault(l.sku, SkuWork(sku=l.sku, quantity=0, orders=[], name=l.name))
                 w.quantity += l.quantity
                 w.orders.append(r["order_id"])
         else:

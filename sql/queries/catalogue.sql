@@ -44,3 +44,10 @@ select platform_sku_id, sku from sku_map where channel = $1;
 -- Fulfilments waiting at each node (index fulfillments_by_node_status): the routing load penalty.
 select node_id, count(*)::int as n from fulfillments
  where status in ('allocated', 'picked') group by node_id;
+
+-- name: skus_page
+-- One page of the catalogue in code order, codes starting with $1, after code $2 (primary key).
+select sku, name, unit_price_fen from skus
+ where sku > $2 and starts_with(sku, $1)
+ order by sku
+ limit $3;

@@ -61,7 +61,8 @@ select id, channel, external_id, reason, created_at
 -- name: ops_top_out_of_stock
 -- Known SKUs whose order lines were backordered since $1, by units short.
 select l.sku, s.name, count(*)::bigint as lines, sum(l.quantity)::bigint as units,
-       count(distinct l.order_id)::bigint as orders, max(o.created_at) as latest
+       count(distinct l.order_id)::bigint as orders, max(o.created_at) as latest,
+       (array_agg(l.reason order by o.created_at desc))[1] as example
   from order_lines l
   join orders o on o.id = l.order_id
   join skus s on s.sku = l.sku
@@ -73,6 +74,10 @@ select l.sku, s.name, count(*)::bigint as lines, sum(l.quantity)::bigint as unit
 -- name: ops_orders_brief
 -- What the at-risk list shows of each order (the clock's inputs come from promise.sql).
 select id, channel, external_id, delivery_mode from orders where id = any($1::text[]);
+
+-- name: ops_stock_nodes
+-- The nodes that stock these SKUs at all (index stock_by_sku): where a SKU can run out.
+select sku, node_id from stock where sku = any($1::text[]);
 
 -- name: oversold_pairs
 -- (node, SKU) pairs whose open reservations exceed on-hand (on-hand is what is left after

@@ -52,8 +52,9 @@ select distinct node_id from fulfillments where order_id = $1 and (status = 'rej
 -- The open work of one node with its lines, most urgent first (index fulfillments_by_node_status).
 select f.id, f.order_id, f.status, f.role, f.created_at, f.picked_at,
        o.channel, o.external_id, o.delivery_mode, o.paid_at, o.promised_by, o.pickup_node_id,
-       coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity) order by r.sku)
-                   from reservations r
+       coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity, 'name', k.name)
+                                 order by r.sku)
+                   from reservations r left join skus k on k.sku = r.sku
                   where r.fulfillment_id = f.id and r.state = 'reserved'), '[]'::json) as lines
   from fulfillments f join orders o on o.id = f.order_id
  where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup')

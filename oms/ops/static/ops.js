@@ -254,15 +254,16 @@
 
   function colourMap(s) {
     var byId = {};
-    var top = 5;  // the scale runs to the busiest store drawn
+    var top = 5;  // the scale runs to the busiest store drawn: a warehouse's queue would wash every store out
     s.stores.forEach(function (x) {
       byId[x.node_id] = x;
-      if (state.nodeEls[x.node_id] && x.open_picks > top) top = x.open_picks;
+      if (x.kind === "store" && state.nodeEls[x.node_id] && x.open_picks > top) top = x.open_picks;
     });
     state.hexes.forEach(function (hx) {
       var picks = 0, risk = 0, names = [];
       hx.nodes.forEach(function (nid) {
-        var st = byId[nid] || { open_picks: 0, at_risk: 0, name: nid };
+        var st = byId[nid] || { open_picks: 0, at_risk: 0, name: nid, kind: "store" };
+        if (st.kind !== "store") return;  // hexagons show store areas only
         picks += st.open_picks; risk += st.at_risk; names.push(st.name);
       });
       var fill = pickColour(picks, top);
@@ -278,7 +279,7 @@
     var g = state.gLabels;
     if (g) {
       while (g.firstChild) g.removeChild(g.firstChild);
-      var busiest = s.stores.filter(function (x) { return x.open_picks > 0 && state.nodeEls[x.node_id]; }).slice(0, 12);
+      var busiest = s.stores.filter(function (x) { return x.kind === "store" && x.open_picks > 0 && state.nodeEls[x.node_id]; }).slice(0, 12);
       var placed = [], fs = state.mapUnit * 5.2;
       busiest.forEach(function (x) {
         if (placed.length >= 6) return;
@@ -299,11 +300,15 @@
       });
     }
     var scale = SCALE.map(function (c) { return '<span style="background:' + c + '"></span>'; }).join("");
-    var busy = s.stores.filter(function (x) { return x.open_picks > 0 && state.nodeEls[x.node_id]; }).slice(0, 3).map(function (x) {
+    var busy = s.stores.filter(function (x) { return x.kind === "store" && x.open_picks > 0 && state.nodeEls[x.node_id]; }).slice(0, 3).map(function (x) {
       return esc(shortName(x.name)) + " <b>" + x.open_picks + "</b>" + (x.capacity_per_hour ? " (" + x.capacity_per_hour + "/h)" : "");
     }).join(" · ");
+    var wh = s.stores.filter(function (x) { return x.kind === "warehouse" && state.nodeEls[x.node_id]; }).map(function (x) {
+      return esc(shortName(x.name)) + " <b>" + fmtInt(x.open_picks) + "</b>";
+    }).join(" · ");
     $("map-legend").innerHTML = '<span>0</span><span class="scale">' + scale + "</span><span>" + top +
-      " open picks</span>" + (busy ? '<span class="busy">Busiest: ' + busy + "</span>" : "");
+      " open picks per store</span>" + (busy ? '<span class="busy">Busiest: ' + busy + "</span>" : "") +
+      (wh ? '<span class="busy">Warehouse: ' + wh + "</span>" : "");
   }
 
   function shortName(name) {
@@ -365,9 +370,15 @@
       return;
     }
     body.innerHTML = s.out_of_stock.map(function (r) {
-      return "<tr><td title=\"" + esc(r.name) + "\">" + esc(r.sku) + ' <span class="muted">' + esc(r.name) + "</span></td>" +
+      // where it ran out: the nodes that stock it and have none left; else the latest reason
+      var where = (r.ran_out_at || []).map(function (n) { return shortName(n.name); }).join(", ");
+      if (where && r.ran_out_count > r.ran_out_at.length) where += " +" + (r.ran_out_count - r.ran_out_at.length);
+      var note = where ? "ran out at " + where : (r.example || "");
+      return "<tr><td title=\"" + esc(r.name + (r.example ? " — " + r.example : "")) + "\">" + esc(r.sku) +
+        ' <span class="muted">' + esc(r.name) + '</span><div class="where">' + esc(note) + "</div></td>" +
         '<td class="num">' + fmtInt(r.units) + '</td><td class="num">' + fmtInt(r.orders) + "</td>" +
-        '<td class="num' + (r.available_now ? "" : " late") + '">' + fmtInt(r.available_now) + "</td></tr>";
+        '<td class="num' + (r.available_now ? "" : " late") + '" title="still available at other nodes">' +
+        fmtInt(r.available_now) + "</td></tr>";
     }).join("");
   }
 
