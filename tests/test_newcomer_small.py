@@ -4,7 +4,6 @@ API, /metrics behind the admin token, product names on pick lists, regions read 
 from __future__ import annotations
 
 import msgspec
-import pytest
 
 from oms.config import Settings
 

@@ -88,6 +88,18 @@ ROUTES: dict[tuple[str, str], tuple[list | None, dict[int, str]]] = {
     ("GET", "/ops/summary"): (ADMIN, {400: _400, 401: _401}),
     ("GET", "/ops/map"): (ADMIN, {401: _401}),
     ("GET", "/metrics"): (ADMIN, {401: _401 + " (unless the server runs with OMS_METRICS_PUBLIC=1)"}),
+    ("PUT", "/shops/{shop_id}"): (ADMIN, {400: _400, 401: _401, 422: _422}),
+    ("GET", "/shops"): (ADMIN, {401: _401}),
+    ("GET", "/shops/{shop_id}"): (ADMIN, {401: _401, 404: _404}),
+    ("PUT", "/shops/{shop_id}/listings/{sku}"): (ADMIN, {400: _400, 401: _401, 404: _404, 422: _422}),
+    ("GET", "/shops/{shop_id}/listings"): (ADMIN, {401: _401, 404: _404}),
+    ("GET", "/shops/{shop_id}/sellable"): (ADMIN, {400: _400, 401: _401, 404: _404, 422: _422, 503: _503}),
+    ("POST", "/shops/{shop_id}/resync"): (ADMIN, {401: _401, 404: _404}),
+    ("PUT", "/safety-stock"): (ADMIN, {400: _400, 401: _401, 422: _422}),
+    ("GET", "/safety-stock"): (ADMIN, {401: _401}),
+    ("DELETE", "/safety-stock"): (ADMIN, {400: _400, 401: _401, 404: _404}),
+    ("GET", "/outbox/dead"): (ADMIN, {401: _401}),
+    ("POST", "/outbox/resend"): (ADMIN, {400: _400, 401: _401}),
 }
 
 
