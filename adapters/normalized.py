@@ -113,6 +113,9 @@ class NormalizedOrder(msgspec.Struct, frozen=True, kw_only=True):
     promised_by: datetime | None = None
     #: platform's last-modified time, used to apply status updates in order
     updated_at: datetime | None = None
+    #: an unpaid order is cancelled if not paid by then (the platform's order expiry, e.g. Douyin
+    #: order_expire_time); without it, OMS_UNPAID_EXPIRY_MINUTES after it arrived
+    pay_by: datetime | None = None
     #: lines the adapter could not map to a merchant SKU: backordered with this reason
     unmapped: list[str] = msgspec.field(default_factory=list)
     #: the shop (account on the platform) it came through; None: the channel's default shop
@@ -121,9 +124,10 @@ class NormalizedOrder(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.delivery_mode is DeliveryMode.PICKUP and not self.pickup_node_id:
             raise ValueError("pickup_node_id: required when delivery_mode is 'pickup'")
-        for ts in (self.created_at, self.paid_at, self.promised_by, self.updated_at):
+        for ts in (self.created_at, self.paid_at, self.promised_by, self.updated_at, self.pay_by):
             if ts is not None and ts.tzinfo is None:
-                raise ValueError("timestamps: created_at, paid_at, promised_by and updated_at need a timezone offset")
+                raise ValueError("timestamps: created_at, paid_at, promised_by, updated_at and pay_by need a "
+                                 "timezone offset")
 
     @property
     def lines_total_fen(self) -> int:

@@ -20,6 +20,7 @@ from oms.api import ops as ops_api, shops as shops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
 from oms.channels import workers as channel_workers
 from oms.config import Settings
+from oms.orders.timers import TimerJob
 from oms.wiring import Services, prepared_by_parent
 
 
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         gc.set_threshold(20_000, 20, 20)
         stop_jobs = asyncio.Event()
         jobs = channel_workers.start_in_app(services, settings.channel_workers, stop_jobs)
+        if settings.timers:  # one process of all hosts runs them at a time (a lease)
+            jobs.append(asyncio.create_task(TimerJob(services).run(stop_jobs)))
         try:
             yield
         finally:

@@ -1,4 +1,5 @@
-"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, simulate-sale, stop-embedded, version."""
+"""`oms` command line: serve, migrate, seed-demo, rebuild-inventory, channels, simulate-sale, timers, stop-embedded,
+version."""
 
 from __future__ import annotations
 
@@ -138,6 +139,19 @@ def cmd_simulate_sale(args: argparse.Namespace) -> int:
     return sale.main(args)
 
 
+def cmd_timers(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from oms.orders.timers import run_once
+
+    async def run(s):
+        done = await run_once(s)
+        print(msgspec.json.encode(done).decode())
+
+    asyncio.run(_with_services(run))
+    return 0
+
+
 def cmd_stop_embedded(_: argparse.Namespace) -> int:
     from oms.infra import embedded
 
@@ -192,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(ss)
     ss.set_defaults(fn=cmd_simulate_sale)
+    tm = sub.add_parser("timers", help="the timer job (pickup expiry, unpaid holds, at-risk escalation)")
+    tm.add_argument("action", choices=["run-once"], help="run one round now and print what it did")
+    tm.set_defaults(fn=cmd_timers)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -25,6 +25,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pick_minutes: float = 5.0
     #: a pickup order not collected within this many hours is cancelled and its stock returned
     pickup_expiry_hours: int = 72
+    #: a one-hour order no store can deliver in time any more: "store" (the best store with the
+    #: stock, flagged late) or "ship" (parcel from a warehouse first)
+    late_delivery: str = "store"
+    #: an unpaid order without the platform's own expiry is cancelled this long after it arrived
+    unpaid_expiry_minutes: int = 30
+    #: the timer job (pickup expiry, unpaid holds, at-risk escalation): on, and how often it runs
+    timers: bool = True
+    timer_interval_s: float = 15.0
     #: how many times intake re-routes after a reservation lost a race, before backordering
     reroute_attempts: int = 3
     #: largest batch of orders written in one PostgreSQL transaction
@@ -51,6 +59,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             courier_minutes=int(e.get("OMS_COURIER_MINUTES", 25)),
             pick_minutes=float(e.get("OMS_PICK_MINUTES", 5.0)),
             pickup_expiry_hours=int(e.get("OMS_PICKUP_EXPIRY_HOURS", 72)),
+            late_delivery=_choice(e.get("OMS_LATE_DELIVERY", "store"), ("store", "ship"), "OMS_LATE_DELIVERY"),
+            unpaid_expiry_minutes=int(e.get("OMS_UNPAID_EXPIRY_MINUTES", 30)),
+            timers=e.get("OMS_TIMERS", "1").strip().lower() not in ("0", "false", "no", "off"),
+            timer_interval_s=float(e.get("OMS_TIMER_INTERVAL_S", 15)),
             reroute_attempts=int(e.get("OMS_REROUTE_ATTEMPTS", 3)),
             write_batch_max=int(e.get("OMS_WRITE_BATCH_MAX", 256)),
             pg_pool_size=int(e.get("OMS_PG_POOL_SIZE", 10)),
@@ -58,6 +70,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             lease_ttl_s=float(e.get("OMS_LEASE_TTL_S", 10)),
             metrics_public=e.get("OMS_METRICS_PUBLIC", "") in ("1", "true", "yes"),
         )
+
+
+def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not '{value}'")
+    return value
 
 
 def _stored_admin_token(data_dir: Path) -> str:

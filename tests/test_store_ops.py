@@ -58,8 +58,14 @@ class Store:
     async def picked(self, order_id: str):
         return await self.post(f"/orders/{order_id}/picked")
 
-    async def shipped(self, order_id: str):
-        return await self.post(f"/orders/{order_id}/shipped")
+    async def shipped(self, order_id: str, parcel: dict | None = None):
+        return await self.post(f"/orders/{order_id}/shipped", json=parcel)
+
+    async def handover(self, order_id: str, parcel: dict | None = None):
+        return await self.post(f"/orders/{order_id}/handover", json=parcel)
+
+    async def received(self, order_id: str):
+        return await self.post(f"/orders/{order_id}/received")
 
     async def reject(self, order_id: str, body):
         return await self.post(f"/orders/{order_id}/reject", json=body)
@@ -257,7 +263,7 @@ async def test_reject_one_line_reroutes_it_and_availability_drops(world, service
     # both stores finish; the order follows its fulfilments, moving only when all are done
     assert (await near.picked(order["id"])).json()["order_status"] == "picking"
     assert (await near.shipped(order["id"])).json()["order_status"] == "picking"
-    r = await far.shipped(order["id"])  # handed straight to the courier: picking -> picked -> shipped
+    r = await far.handover(order["id"])  # picked and handed to the courier in one step: recorded as both
     assert r.status_code == 200, r.text
     assert r.json()["order_status"] == "shipped"
     o = await get_order(world.c, order["id"])
@@ -357,17 +363,17 @@ async def test_bad_input_is_a_clear_4xx_and_changes_nothing(world, services):
     r = await s.reject(oid, {"reason": "damaged", "lines": []})
     assert r.status_code == 400 and r.json()["field"] == "lines"
     r = await s.post(f"/orders/{oid}/reject", json=None)
-    assert r.status_code == 400
+    assert r.status_code == 400 and r.json()["field"] == "reason", r.text
     assert await get_order(world.c, oid) == before
     assert (await level(world.c, cup, s.id))["on_hand"] == 4
 
-    assert (await s.picked(oid)).status_code == 200
-    r = await s.picked(oid)  # picked twice
-    assert r.status_code == 409 and r.json()["current"] == "picked" and "'picked'" in r.json()["message"]
+    first = await s.picked(oid)
+    assert first.status_code == 200
+    assert (await s.picked(oid)).json() == first.json()  # picked twice (an app retry): the same 200
     assert (await s.shipped(oid)).status_code == 200
     for again in (s.shipped, s.picked):
         r = await again(oid)
-        assert r.status_code == 409 and r.json()["current"] == "shipped"
+        assert r.status_code == 200 and r.json()["status"] == "shipped"
     r = await s.reject(oid, {"reason": "damaged"})
     assert r.status_code == 409
     assert (await level(world.c, cup, s.id))["on_hand"] == 2
@@ -392,7 +398,8 @@ async def test_two_concurrent_picked_one_wins(world, services, mode):
     order = await place(world, "race", [(tv, 1)], **kw)
 
     rs = await asyncio.gather(*(s.picked(order["id"]) for _ in range(2)))
-    assert sorted(r.status_code for r in rs) == [200, 409], [r.text for r in rs]
+    assert [r.status_code for r in rs] == [200, 200], [r.text for r in rs]  # the second: a retry
+    assert rs[0].json() == rs[1].json()
     o = await get_order(world.c, order["id"])
     assert len([h for h in o["history"] if h["cause"] == "store:picked"]) == 1
     if mode == "pickup":
@@ -553,8 +560,13 @@ def test_order_status_follows_fulfilments():
     assert f("pickup", "allocated", transfers=["allocated"]) == "allocated"
     assert f("pickup", "ready_for_pickup", transfers=["picked"]) == "picking"
     assert f("pickup", transfers=["shipped"]) == "picking"
-    assert f("pickup", "ready_for_pickup", transfers=["shipped", "rejected"]) == "ready_for_pickup"
-    assert f("pickup", "collected", transfers=["shipped"]) == "collected"
+    assert f("pickup", "allocated", transfers=["received"]) == "picking"  # arrived; its own part to pick
+    assert f("pickup", "ready_for_pickup", transfers=["received", "rejected"]) == "ready_for_pickup"
+    assert f("pickup", "collected", transfers=["received"]) == "collected"
+    # parts delivered: the order is delivered once all are; a returned transfer no longer counts
+    assert f("delivery", "delivered", "shipped") == "shipped"
+    assert f("delivery", "delivered", "delivered") == "delivered"
+    assert f("pickup", "ready_for_pickup", transfers=["returned"]) == "ready_for_pickup"
     assert status.status_path("picking", "shipped") == ["picked", "shipped"]
     assert status.status_path("picked", "picking") == ["allocated", "picking"]
     with pytest.raises(Exception) as e:
@@ -585,13 +597,15 @@ async def test_partial_quantity_reject_and_no_return_to_a_rejecting_store(world,
     assert r.status_code == 200, r.text
     assert r.json()["backordered"] == [{"sku": egg, "quantity": 1}]
     o = await get_order(world.c, order["id"])
-    assert o["status"] == "allocated" and o["reason"].startswith("partly backordered")
+    assert o["status"] == "partially_allocated" and o["reason"].startswith("partly backordered")
+    assert o["lines"][0]["waiting"] == 1 and o["lines"][0]["status"] == "backordered"
     assert sorted(f["status"] for f in o["fulfillments"]) == ["allocated", "rejected"]
 
-    assert (await near.shipped(order["id"])).status_code == 200  # the 2 left ship
+    assert (await near.handover(order["id"])).status_code == 200  # the 2 left ship
     lv = await level(world.c, egg, near.id)
     assert (lv["on_hand"], lv["reserved"], lv["available"]) == (0, 0, 0)
-    assert (await get_order(world.c, order["id"]))["status"] == "shipped"
+    # one egg still waits for stock: the order says so while its shipped part is on the road
+    assert (await get_order(world.c, order["id"]))["status"] == "partially_allocated"
     await assert_consistent(services, [near.id, far.id])
 
     # a pickup store short of one line: that line is backordered, the rest is ready as usual
@@ -599,9 +613,13 @@ async def test_partial_quantity_reject_and_no_return_to_a_rejecting_store(world,
     r = await near.reject(p["id"], {"reason": "out of stock", "lines": [{"sku": oil, "quantity": 1}]})
     assert r.status_code == 200 and r.json()["backordered"] == [{"sku": oil, "quantity": 1}]
     assert r.json()["lines"] == [{"sku": oil, "quantity": 1}]
-    assert (await near.picked(p["id"])).json()["order_status"] == "ready_for_pickup"
+    ready = (await near.picked(p["id"])).json()
+    assert (ready["status"], ready["order_status"]) == ("ready_for_pickup", "partially_allocated")
     code = (await get_order(world.c, p["id"]))["fulfillments"][0]["pickup_code"]
-    assert (await near.collect(code)).json()["order_status"] == "collected"
+    assert (await near.collect(code)).json()["status"] == "collected"
+    # the buyer gives up the missing unit: nothing waits any more, the order is collected
+    r = await world.c.post(f"/orders/{p['id']}/cancel", json={"lines": [1]})
+    assert r.status_code == 409 and r.json()["handed_over"][0]["status"] == "collected", r.text
     lv = await level(world.c, oil, near.id)
     assert (lv["on_hand"], lv["reserved"]) == (0, 0)
     await assert_consistent(services, [near.id, far.id])
@@ -625,6 +643,7 @@ async def test_pickup_fed_by_a_transfer_from_another_store(world, services):
     assert [(i["order_id"], i["from_node_id"], i["status"]) for i in incoming] == [(order["id"], depot.id, "allocated")]
     r = await shop.picked(order["id"])  # nothing has arrived yet
     assert r.status_code == 409 and depot.id in r.json()["message"]
+    assert (await shop.received(order["id"])).status_code == 409  # nothing shipped to it yet
 
     assert (await depot.picked(order["id"])).json()["status"] == "picked"  # not a pickup code: a transfer
     r = await depot.shipped(order["id"])
@@ -632,11 +651,18 @@ async def test_pickup_fed_by_a_transfer_from_another_store(world, services):
     lv = await level(world.c, lamp, depot.id)
     assert (lv["on_hand"], lv["reserved"]) == (1, 0)  # the goods left the depot
     assert (await shop.picklist()).json()["incoming"][0]["status"] == "shipped"
+    r = await shop.picked(order["id"])  # shipped is not arrived: the store says when it is
+    assert r.status_code == 409 and "/received" in r.json()["message"]
 
-    r = await shop.picked(order["id"])  # arrived: ready for the buyer, a code is issued
+    r = await shop.received(order["id"])  # arrived, nothing of its own to pick: ready, a code is issued
     assert r.status_code == 200, r.text
     assert r.json()["order_status"] == "ready_for_pickup" and r.json()["transferred_in"] == [{"sku": lamp, "quantity": 2}]
-    assert (await shop.picklist()).json()["incoming"] == []
+    assert (await shop.received(order["id"])).json() == r.json()  # a retry: the same 200
+    listed = (await shop.picklist()).json()
+    assert listed["incoming"] == []
+    waiting = on_list(listed["awaiting_handover"], order["id"])  # the whole order waits for the buyer
+    assert waiting["transferred_in"] == [{"sku": lamp, "quantity": 2, "name": "lamp"}]
+    assert waiting["status"] == "ready_for_pickup"
     code = next(f for f in (await get_order(world.c, order["id"]))["fulfillments"] if f["node_id"] == shop.id)["pickup_code"]
     r = await shop.collect(code)
     assert r.status_code == 200 and r.json()["order_status"] == "collected"
@@ -658,11 +684,12 @@ async def test_pickup_store_rejects_and_the_goods_are_transferred_in(world, serv
     assert r.json()["rerouted"] == [{"sku": vase, "quantity": 1}] and r.json()["order_status"] == "allocated"
     assert on_list(await depot.items(), order["id"])["role"] == "transfer"
     assert (await shop.picked(order["id"])).status_code == 409  # waiting for the depot
-    assert (await depot.shipped(order["id"])).status_code == 200
-    r = await shop.picked(order["id"])
+    assert (await depot.shipped(order["id"])).status_code == 409  # not picked yet
+    assert (await depot.handover(order["id"])).status_code == 200
+    r = await shop.received(order["id"])
     assert r.status_code == 200, r.text
     assert r.json()["order_status"] == "ready_for_pickup"
-    assert (await shop.picked(order["id"])).status_code == 409  # picked twice
+    assert (await shop.picked(order["id"])).json()["status"] == "ready_for_pickup"  # picked again: a retry
     code = next(f["pickup_code"] for f in (await get_order(world.c, order["id"]))["fulfillments"]
                 if f["node_id"] == shop.id and f["status"] == "ready_for_pickup")
     assert (await shop.collect(code)).json()["order_status"] == "collected"

@@ -11,15 +11,26 @@ from litestar.params import Parameter
 
 from oms.api import cursor
 from oms.api.auth import admin_guard
-from oms.orders.model import NormalizedOrder, Order, OrderStatus
+from oms.orders.model import WAITING, NormalizedOrder, Order, OrderStatus
 from oms.errors import Conflict, InvalidInput
 from oms.orders.cancel import cancel_order
 from oms.orders.read import list_orders, load_order
+from oms.stores import handover
 from oms.wiring import Services
 
 
-class CancelIn(msgspec.Struct, kw_only=True):
-    reason: str | None = None
+class CancelIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    #: a partial cancel: these lines (line_no from the order view) ...
+    lines: Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=200)] | None = None
+    #: ... and/or these fulfilments (ids); both left out, the whole order is cancelled
+    fulfillments: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]],
+                            msgspec.Meta(min_length=1, max_length=50)] | None = None
+
+
+class DeliveredIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: which shipped part arrived; left out, every shipped part of the order
+    fulfillment_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 class OrderPage(msgspec.Struct, kw_only=True):
@@ -68,16 +79,35 @@ class OrderController(Controller):
         return OrderPage(items=items, next_before=nxt)
 
     @post("/{order_id:str}/allocate", status_code=200,
-          summary="Route a backordered order again (also done for the oldest ones when stock is set)")
+          summary="Route what a backordered or partially allocated order waits for (also done, oldest "
+                  "first, when stock is set)")
     async def allocate(self, order_id: str, services: Services) -> Order:
         async with services.pool.acquire() as conn:
             current = await load_order(conn, order_id, history=False)
-        if current.status is not OrderStatus.BACKORDERED:
-            raise Conflict(f"order is '{current.status}'; only a backordered order is allocated again",
-                           current=str(current.status))
+        if current.status not in WAITING:
+            raise Conflict(f"order is '{current.status}'; only a backordered or partially allocated order "
+                           "is allocated again", current=str(current.status))
         return await services.allocator.allocate_existing(order_id, "api:allocate")
 
-    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel and release stock; 409 after hand-over")
+    @post("/{order_id:str}/cancel", status_code=200,
+          summary="Cancel and release stock, or only the named lines / fulfilments still open; 409 naming "
+                  "the parts already handed over")
     async def cancel(self, order_id: str, services: Services, data: CancelIn | None = None) -> Order:
-        reason = data.reason if data else None
-        return await cancel_order(services.pool, services.inventory, order_id, "api:cancel", reason=reason)
+        data = data or CancelIn()
+        return await cancel_order(services.pool, services.inventory, order_id, "api:cancel", reason=data.reason,
+                                  lines=data.lines, fulfillments=data.fulfillments)
+
+    @post("/{order_id:str}/delivered", status_code=200,
+          summary="The courier delivered a shipped part (or all of them); the order is delivered once all are")
+    async def delivered(self, order_id: str, services: Services, data: DeliveredIn | None = None) -> Order:
+        await handover.mark_delivered(services, order_id, fulfillment_id=data.fulfillment_id if data else None,
+                                      cause="api:delivered")
+        async with services.pool.acquire() as conn:
+            return await load_order(conn, order_id, clock=services.promise)
+
+    @post("/{order_id:str}/complete", status_code=200,
+          summary="Close a delivered or collected order (the buyer confirmed receipt); idempotent")
+    async def complete(self, order_id: str, services: Services) -> Order:
+        await handover.complete_order(services, order_id, cause="api:complete")
+        async with services.pool.acquire() as conn:
+            return await load_order(conn, order_id, clock=services.promise)

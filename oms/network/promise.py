@@ -105,3 +105,8 @@ class PromiseClock(msgspec.Struct, frozen=True, kw_only=True):
     def any_at_risk(estimates: Iterable[Estimate]) -> bool:
         """An order is at risk when one of its open fulfilments is."""
         return any(e.at_risk for e in estimates)
+
+    @staticmethod
+    def any_late(estimates: Iterable[Estimate]) -> bool:
+        """An order is late when one of its open fulfilments is."""
+        return any(e.late for e in estimates)

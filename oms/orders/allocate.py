@@ -11,8 +11,10 @@ import logging
 from datetime import datetime, timezone
 
 import asyncpg
+import msgspec
 import redis.asyncio as aioredis
 
+import routing
 from oms.config import Settings
 from oms.errors import NotFound
 from oms.infra.db import Q
@@ -20,13 +22,13 @@ from oms.infra.ids import new_id
 from oms.network.directory import NodeDirectory, no_plan
 from oms.network.promise import PromiseClock
 from oms.ops import metrics
-from oms.orders.decide import lines_after_plan
-from oms.orders.model import Order, OrderStatus
+from oms.orders.lines import held_units, missing_units
+from oms.orders.model import WAITING, Order, OrderStatus
 from oms.orders.read import load_order
 from oms.orders.rows import Reserved, columns, fulfillment_rows
-from oms.orders.status import set_status
 from oms.stock.inventory import Inventory
-from routing import Plan, RouteLine
+from oms.stores.status import follow
+from routing import Plan, RouteLine, RouteRequest
 
 log = logging.getLogger("oms.allocate")
 
@@ -53,23 +55,15 @@ class Allocator:
         and the order re-planned without that node, a bounded number of times.
         """
         await self.nodes.refresh()
+        now = datetime.now(timezone.utc)
         request = self.nodes.request(mode, lat, lng, need, pickup_node_id=pickup_node_id, promised_by=promised_by,
-                                     approximate=approximate, ref=ref)
-        skus = sorted({l.sku for l in need})
+                                     approximate=approximate, ref=ref, now=now)
+        requests = self._late_policy(request, promised_by is not None and promised_by <= now)
         lost: list[str] = []
-        wide = False
         attempts = 0
         while attempts <= self.settings.reroute_attempts:
-            cands = self.nodes.candidates(request, exclude, wide=wide)
-            if prefetched is not None and all(c in prefetched for c in cands):
-                stock = prefetched  # read together with the claim, microseconds ago
-            else:
-                stock = await self.inventory.available(cands, skus)
+            plan = await self._choose(requests, exclude, prefetched)
             prefetched = None  # a re-route after a lost race reads afresh
-            plan = self.nodes.plan(request, stock, exclude, wide=wide)
-            if plan.unserved and not wide and self.nodes.can_widen(request, cands):
-                wide = True  # the nearest stores cannot serve it all: look at every covering store
-                continue
             attempts += 1
             if not plan.allocations:
                 if lost:
@@ -93,6 +87,56 @@ class Allocator:
                 return reserved, plan
         return [], no_plan(need, f"stock moved at {', '.join(lost)} while routing; gave up after {len(lost)} tries")
 
+    def _late_policy(self, request: RouteRequest, gone: bool) -> list[tuple[RouteRequest, bool]]:
+        """The requests to try in turn, each with whether it serves the order late.
+
+        One late-delivery policy, however long ago the promise went: a one-hour order no store
+        can deliver in time any more is served anyway — by the best store holding the stock, or
+        (OMS_LATE_DELIVERY=ship) first by parcel from a warehouse — and the order view flags it
+        late; it is never backordered while stock sits nearby."""
+        if request.mode is not routing.Mode.DELIVERY or (request.minutes_left is None and not gone):
+            return [(request, False)]
+        late = [(msgspec.structs.replace(request, minutes_left=None), True)]
+        if self.settings.late_delivery == "ship":
+            late.insert(0, (msgspec.structs.replace(request, mode=routing.Mode.SHIP, minutes_left=None), True))
+        # a promise already gone narrows nothing (the clock gives no time limit): straight to the late plans
+        return late if gone else [(request, False), *late]
+
+    async def _choose(self, requests: list[tuple[RouteRequest, bool]], exclude: frozenset[str],
+                      prefetched: dict[str, dict[str, int]] | None) -> Plan:
+        """The first request's plan when it serves everything, else the one serving the most units."""
+        best: Plan | None = None
+        why = "the one-hour promise has passed"
+        for i, (request, late) in enumerate(requests):
+            plan = await self._plan(request, exclude, prefetched if i == 0 else None)
+            if not late:
+                why = plan.reason
+            elif plan.allocations:
+                plan = msgspec.structs.replace(plan, reason=f"served late ({why}): {plan.reason}")
+            if best is None or _units(plan) > _units(best):
+                best = plan
+            if plan.complete:
+                break
+        assert best is not None
+        return best
+
+    async def _plan(self, request: RouteRequest, exclude: frozenset[str],
+                    prefetched: dict[str, dict[str, int]] | None) -> Plan:
+        skus = sorted({l.sku for l in request.lines})
+        wide = False
+        while True:
+            cands = self.nodes.candidates(request, exclude, wide=wide)
+            if prefetched is not None and all(c in prefetched for c in cands):
+                stock = prefetched  # read together with the claim, microseconds ago
+            else:
+                stock = await self.inventory.available(cands, skus)
+            prefetched = None
+            plan = self.nodes.plan(request, stock, exclude, wide=wide)
+            if plan.unserved and not wide and self.nodes.can_widen(request, cands):
+                wide = True  # the nearest stores cannot serve it all: look at every covering store
+                continue
+            return plan
+
     async def release_all(self, reserved: list[Reserved]) -> None:
         for r in reserved:
             try:
@@ -103,62 +147,76 @@ class Allocator:
 
 
     async def allocate_existing(self, order_id: str, cause: str) -> Order:
-        """Route and reserve an order stored without stock: unpaid until now, or backordered.
+        """Route and reserve what an order still waits for: all of it when unpaid until now or
+        backordered, the missing units when partially allocated (same node preference and split
+        rules; nodes that turned the order down are avoided). Units still unserved keep waiting
+        with routing's reason."""
+        order, _ = await self._allocate(order_id, cause)
+        return order
 
-        A backordered order's lines are tried again (not those whose SKU is unknown); lines
-        still unserved stay backordered with routing's reason.
-        """
+    async def _allocate(self, order_id: str, cause: str) -> tuple[Order, bool]:
+        """allocate_existing, also saying whether any stock was reserved."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(Q["order_by_id"], order_id)
             if row is None:
                 raise NotFound(f"no order with id '{order_id}'", field="id")
-            if row["status"] not in (OrderStatus.CREATED, OrderStatus.BACKORDERED):
-                return await load_order(conn, order_id, clock=self.promise)  # allocated meanwhile: nothing to do
-            lines = [l for l in await conn.fetch(Q["order_lines_by_order"], order_id)
-                     if l["status"] == "open" or (l["status"] == "backordered"
-                                                  and not (l["reason"] or "").startswith("unknown SKU"))]
-        need = [RouteLine(l["sku"], l["quantity"]) for l in lines]
+            if row["status"] not in (OrderStatus.CREATED, *WAITING):
+                return await load_order(conn, order_id, clock=self.promise), False  # allocated meanwhile: nothing to do
+            missing = await _missing(conn, order_id)
+            exclude = frozenset(r["node_id"] for r in await conn.fetch(Q["store_fulfillment_nodes_rejected"], order_id))
+        need = [RouteLine(sku, q) for sku, q in missing.items()]
         reserved: list[Reserved] = []
         plan = no_plan(need, "no line can be served: every SKU is unknown")
         if need:
             reserved, plan = await self.place(row["delivery_mode"], row["dest_lat"], row["dest_lng"],
-                                              row["pickup_node_id"], need, promised_by=row["promised_by"],
+                                              row["pickup_node_id"], need, exclude, promised_by=row["promised_by"],
                                               approximate=row["dest_approximate"], ref=row["external_id"])
-        new_status = OrderStatus.ALLOCATED if reserved else OrderStatus.BACKORDERED
-        status, reasons = lines_after_plan(need, ["open"] * len(lines), [None] * len(lines), reserved, plan)
+        if not reserved and row["status"] in WAITING:
+            async with self.pool.acquire() as conn:  # still waiting: nothing to record
+                return await load_order(conn, order_id, clock=self.promise), False
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 locked = await conn.fetchrow(Q["order_by_id_for_update"], order_id)
-                if locked["status"] not in (OrderStatus.CREATED, OrderStatus.BACKORDERED):
+                if locked["status"] not in (OrderStatus.CREATED, *WAITING) or await _missing(conn, order_id) != missing:
                     raise _Stale()
-                await set_status(conn, order_id, locked["status"], new_status, cause,
-                                 reason=None if reserved else plan.reason, detail={"plan": plan.reason})
-                if reserved:
-                    await conn.execute(Q["order_clear_reason"], order_id)
-                for line, st, why in zip(lines, status, reasons):
-                    await conn.execute(Q["order_line_set_status"], order_id, line["line_no"], st, why)
                 f_rows, r_rows = fulfillment_rows(order_id, reserved, datetime.now(timezone.utc))
                 if f_rows:
                     await conn.execute(Q["fulfillments_insert_many"], *columns(f_rows))
                     await conn.execute(Q["reservations_insert_many"], *columns(r_rows))
+                why = {u.sku: u.reason for u in plan.unserved}
+                new_status = await follow(conn, order_id, cause, {
+                    "plan": plan.reason,
+                    "allocated": [{"node_id": r.alloc.node_id, "fulfillment_id": r.fulfillment_id,
+                                   "lines": [{"sku": l.sku, "quantity": l.quantity} for l in r.alloc.lines]}
+                                  for r in reserved],
+                }, backorder_reason=plan.reason, why=why or None)
         except BaseException as exc:
             await self.release_all(reserved)
             if isinstance(exc, _Stale):
                 async with self.pool.acquire() as conn:
-                    return await load_order(conn, order_id, clock=self.promise)
+                    return await load_order(conn, order_id, clock=self.promise), False
             raise
         metrics.order_outcome(row["channel"], new_status)
         async with self.pool.acquire() as conn:
-            return await load_order(conn, order_id, clock=self.promise)
+            return await load_order(conn, order_id, clock=self.promise), bool(reserved)
 
     async def retry_backorders(self, sku: str, limit: int = 20) -> int:
-        """Try the oldest backordered orders waiting for `sku` again; returns how many got stock."""
+        """Route the oldest orders waiting for `sku` (wholly or in part) again; returns how many got stock."""
         ids = [r["id"] for r in await self.pool.fetch(Q["backordered_orders_with_sku"], sku, limit)]
-        allocated = 0
+        got = 0
         for oid in ids:
-            order = await self.allocate_existing(oid, cause="restock")
-            allocated += order.status is OrderStatus.ALLOCATED
-        return allocated
+            _, reserved = await self._allocate(oid, cause="restock")
+            got += reserved
+        return got
+
+
+async def _missing(conn: asyncpg.Connection, order_id: str) -> dict[str, int]:
+    return missing_units(await conn.fetch(Q["order_lines_by_order"], order_id),
+                         held_units(await conn.fetch(Q["reservations_by_order"], order_id)))
+
+
+def _units(plan: Plan) -> int:
+    return sum(l.quantity for a in plan.allocations for l in a.lines)
 
 
 class _Stale(Exception):

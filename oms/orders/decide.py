@@ -10,7 +10,9 @@ import enum
 from collections.abc import Sequence
 from datetime import datetime
 
+from oms.orders.lines import LineState
 from oms.orders.model import (
+    GONE_FULFILLMENT,
     HANDED_OVER,
     ORDER_TRANSITIONS,
     ChannelStatus,
@@ -38,8 +40,8 @@ def check_lines(skus: Sequence[str], unknown: set[str] | frozenset[str]) -> tupl
 
 def lines_after_plan(lines: Sequence, line_status: Sequence[str], line_reason: Sequence[str | None],
                      reserved: Sequence[Reserved], plan: Plan) -> tuple[list[str], list[str | None]]:
-    """Which open lines the reservations leave unserved: backordered with routing's reason per SKU
-    (a line served in part stays open, its reason saying how many units wait)."""
+    """Which open lines the reservations leave unserved, wholly or in part: backordered with
+    routing's reason per SKU (in part: saying how many units wait)."""
     status, reason = list(line_status), list(line_reason)
     served: dict[str, int] = {}
     for r in reserved:
@@ -53,19 +55,20 @@ def lines_after_plan(lines: Sequence, line_status: Sequence[str], line_reason: S
         served[line.sku] = served.get(line.sku, 0) - got
         if got == 0:
             status[i], reason[i] = BACKORDERED, why.get(line.sku, plan.reason)
-        elif got < line.quantity:
-            reason[i] = f"{line.quantity - got} of {line.quantity} backordered: {why.get(line.sku, plan.reason)}"
+        elif got < line.quantity:  # some units wait: the line is retried like a backorder
+            status[i] = BACKORDERED
+            reason[i] = f"{line.quantity - got} of {line.quantity} waiting: {why.get(line.sku, plan.reason)}"
     return status, reason
 
 
 def new_order_outcome(line_status: Sequence[str], line_reason: Sequence[str | None], reserved_any: bool,
                       plan_reason: str | None) -> tuple[OrderStatus, str | None]:
-    """A paid order's status and reason once routed: allocated when anything was reserved (saying
-    which lines wait), else backordered with routing's reason."""
+    """A paid order's status and reason once routed: allocated when all of it was reserved,
+    partially allocated when some lines wait (saying which), else backordered with routing's reason."""
     if not reserved_any:
         return S.BACKORDERED, plan_reason
-    if BACKORDERED in line_status:
-        return S.ALLOCATED, "partly backordered: " + "; ".join(sorted({r for r in line_reason if r}))
+    if BACKORDERED in line_status:  # the waiting lines are retried on restock
+        return S.PARTIALLY_ALLOCATED, "partly backordered: " + "; ".join(sorted({r for r in line_reason if r}))
     return S.ALLOCATED, None
 
 
@@ -127,30 +130,47 @@ def too_late_to_cancel(order_status: OrderStatus | str | None) -> bool:
 
 # ---- the order follows its fulfilments -------------------------------------------------------------
 def order_status_from(mode: str, fulfillments: Sequence[tuple[str, str]]) -> OrderStatus:
-    """The order status its fulfilments' (status, role) imply; rejected and cancelled ones no longer count.
+    """The order status its fulfilments' (status, role) imply; rejected, cancelled and returned
+    ones no longer count.
 
-    A pickup order is ready once the pickup store's part is ready and every transfer to it has
-    arrived (shipped from its source), and collected once the buyer took it there."""
-    act = [(F(s), r) for s, r in fulfillments if s not in (F.REJECTED, F.CANCELLED)]
+    A pickup order is ready once the pickup store's part is ready and every transfer to it was
+    received there, and collected once the buyer took it there. An order is delivered once every
+    part is."""
+    act = [(F(s), r) for s, r in fulfillments if s not in GONE_FULFILLMENT]
     if not act:
         return S.BACKORDERED
     if mode == "pickup":
         serve = [s for s, r in act if r != "transfer"]
-        arrived = all(s is F.SHIPPED for s, r in act if r == "transfer")
+        arrived = all(s is F.RECEIVED for s, r in act if r == "transfer")
         if serve and arrived and all(s is F.COLLECTED for s in serve):
             return S.COLLECTED
         if serve and arrived and all(s in (F.READY_FOR_PICKUP, F.COLLECTED) for s in serve):
             return S.READY_FOR_PICKUP
         return S.ALLOCATED if all(s is F.ALLOCATED for s, _ in act) else S.PICKING
     active = [s for s, _ in act]
-    done = {F.SHIPPED, F.COLLECTED}
+    done = {F.SHIPPED, F.COLLECTED, F.DELIVERED}
     if all(s in done for s in active):
+        if all(s is F.DELIVERED for s in active):
+            return S.DELIVERED
         return S.COLLECTED if F.COLLECTED in active else S.SHIPPED
     if all(s in done | {F.PICKED, F.READY_FOR_PICKUP} for s in active):
         return S.READY_FOR_PICKUP if mode == "pickup" else S.PICKED
     if any(s is not F.ALLOCATED for s in active):
         return S.PICKING
     return S.ALLOCATED
+
+
+def order_status_with_lines(mode: str, fulfillments: Sequence[tuple[str, str]],
+                            lines: Sequence[LineState]) -> OrderStatus:
+    """What fulfilments imply, said of the whole order: while a line waits for stock and something
+    is served the order is `partially_allocated`; with every line cancelled and nothing handed
+    over it is `cancelled`."""
+    target = order_status_from(mode, fulfillments)
+    if lines and not any(l.live for l in lines):
+        return S.CANCELLED if target is S.BACKORDERED else target
+    if target is not S.BACKORDERED and any(l.waiting for l in lines):
+        return S.PARTIALLY_ALLOCATED
+    return target
 
 
 _VIA = (S.PICKED, S.READY_FOR_PICKUP, S.PICKING, S.ALLOCATED)

@@ -29,6 +29,7 @@ from oms.orders import claims, decide
 from oms.orders.allocate import Allocator
 from oms.orders.cancel import cancel_order
 from oms.orders.decide import ChannelAction
+from oms.orders.lines import line_states
 from oms.orders.model import (
     ChannelStatus,
     DeliveryMode,
@@ -263,7 +264,7 @@ def _new_order_rows(order: NormalizedOrder, order_id: str, d: _Decision, cause: 
             pickup_node_id=order.pickup_node_id, promised_by=d.promised_by, paid_at=d.paid_at,
             total_fen=_total_fen(order), freight_fen=order.freight_fen, discount_fen=order.discount_fen,
             reason=d.reason, channel_updated_at=order.updated_at,
-            shop_id=order.shop_id or default_shop_id(order.channel),
+            shop_id=order.shop_id or default_shop_id(order.channel), pay_by=order.pay_by,
         ),
         lines=[
             LineRow(order_id=order_id, line_no=i + 1, sku=l.sku, quantity=l.quantity, unit_price_fen=l.unit_price,
@@ -282,12 +283,20 @@ def _view_of_new(order: NormalizedOrder, order_id: str, d: _Decision, now: datet
                  places: list[tuple[int, int]]) -> Order:
     """The order just written, as GET /orders/{id} would show it (without a read back)."""
     left = clock.minutes_left(d.promised_by, str(d.status), now)
+    estimates = [clock.estimate(left, FulfillmentStatus.ALLOCATED, ahead, capacity) for ahead, capacity in places]
+    held: dict[str, int] = {}
+    for r in d.reserved:
+        for l in r.alloc.lines:
+            held[l.sku] = held.get(l.sku, 0) + l.quantity
+    waiting = [st.waiting for st in line_states(
+        [{"line_no": i + 1, "sku": l.sku, "quantity": l.quantity} for i, l in enumerate(order.lines)], held)]
     return Order(
         id=order_id, channel=str(order.channel), external_id=order.external_id, status=d.status,
         channel_status=str(order.status), delivery_mode=order.delivery_mode,
         destination=order.destination,
         lines=[OrderLineView(sku=l.sku, quantity=l.quantity, unit_price=l.unit_price,
-                             status=d.line_status[i], reason=d.line_reason[i]) for i, l in enumerate(order.lines)],
+                             status=d.line_status[i], reason=d.line_reason[i], line_no=i + 1,
+                             waiting=waiting[i]) for i, l in enumerate(order.lines)],
         fulfillments=[
             Fulfillment(id=r.fulfillment_id, node_id=r.alloc.node_id, status=FulfillmentStatus.ALLOCATED,
                         lines=[FulfillmentLine(l.sku, l.quantity) for l in r.alloc.lines],
@@ -296,7 +305,7 @@ def _view_of_new(order: NormalizedOrder, order_id: str, d: _Decision, now: datet
         ],
         reason=d.reason, pickup_node_id=order.pickup_node_id, total_fen=_total_fen(order), paid_at=d.paid_at,
         promised_by=d.promised_by, minutes_left=left,
-        at_risk=clock.any_at_risk(clock.estimate(left, FulfillmentStatus.ALLOCATED, ahead, capacity)
-                                  for ahead, capacity in places),
+        at_risk=clock.any_at_risk(estimates),
+        late=clock.any_late(estimates),
         created_at=now, updated_at=now,
     )

@@ -27,6 +27,8 @@ FulfillmentId = NewType("FulfillmentId", str)
 class OrderStatus(enum.StrEnum):
     CREATED = "created"  # received, not paid yet: nothing reserved
     ALLOCATED = "allocated"  # stock reserved at one or more nodes
+    #: some lines are served, some wait for stock (retried like a backorder); lines say which and why
+    PARTIALLY_ALLOCATED = "partially_allocated"
     BACKORDERED = "backordered"  # no node could serve it; reason says why
     PICKING = "picking"
     PICKED = "picked"
@@ -34,26 +36,38 @@ class OrderStatus(enum.StrEnum):
     READY_FOR_PICKUP = "ready_for_pickup"
     COLLECTED = "collected"
     DELIVERED = "delivered"
+    COMPLETED = "completed"  # delivered or collected, and closed (buyer confirmed, or by the admin)
     CANCELLED = "cancelled"
 
 
 S = OrderStatus
+_WORK = frozenset({S.ALLOCATED, S.PARTIALLY_ALLOCATED, S.PICKING, S.PICKED, S.READY_FOR_PICKUP})
 #: Every order status change goes through `check_transition`; nothing else writes a status.
+#: While a line waits for stock the order is `partially_allocated`, whatever its served parts do,
+#: so that status reaches (and is reached from) every step of the served parts' work.
 ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
-    S.CREATED: frozenset({S.ALLOCATED, S.BACKORDERED, S.CANCELLED}),
-    S.BACKORDERED: frozenset({S.ALLOCATED, S.BACKORDERED, S.CANCELLED}),
-    S.ALLOCATED: frozenset({S.ALLOCATED, S.PICKING, S.PICKED, S.READY_FOR_PICKUP, S.SHIPPED, S.BACKORDERED, S.CANCELLED}),
-    S.PICKING: frozenset({S.ALLOCATED, S.PICKED, S.READY_FOR_PICKUP, S.BACKORDERED, S.CANCELLED}),
-    S.PICKED: frozenset({S.ALLOCATED, S.SHIPPED, S.READY_FOR_PICKUP, S.BACKORDERED, S.CANCELLED}),
-    S.READY_FOR_PICKUP: frozenset({S.COLLECTED, S.CANCELLED}),
+    S.CREATED: frozenset({S.ALLOCATED, S.PARTIALLY_ALLOCATED, S.BACKORDERED, S.CANCELLED}),
+    S.BACKORDERED: frozenset({S.ALLOCATED, S.PARTIALLY_ALLOCATED, S.BACKORDERED, S.CANCELLED}),
+    S.ALLOCATED: _WORK | {S.SHIPPED, S.BACKORDERED, S.CANCELLED},
+    S.PARTIALLY_ALLOCATED: _WORK | {S.SHIPPED, S.COLLECTED, S.DELIVERED, S.BACKORDERED, S.CANCELLED},
+    S.PICKING: frozenset({S.ALLOCATED, S.PARTIALLY_ALLOCATED, S.PICKED, S.READY_FOR_PICKUP, S.BACKORDERED,
+                          S.CANCELLED}),
+    S.PICKED: frozenset({S.ALLOCATED, S.PARTIALLY_ALLOCATED, S.SHIPPED, S.READY_FOR_PICKUP, S.BACKORDERED,
+                         S.CANCELLED}),
+    S.READY_FOR_PICKUP: frozenset({S.COLLECTED, S.PARTIALLY_ALLOCATED, S.CANCELLED}),
     S.SHIPPED: frozenset({S.DELIVERED}),
-    S.COLLECTED: frozenset(),
-    S.DELIVERED: frozenset(),
+    S.COLLECTED: frozenset({S.COMPLETED}),
+    S.DELIVERED: frozenset({S.COMPLETED}),
+    S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
 }
 
 #: statuses in which the order's goods have left our hands: too late to cancel
-HANDED_OVER = frozenset({S.SHIPPED, S.COLLECTED, S.DELIVERED})
+HANDED_OVER = frozenset({S.SHIPPED, S.COLLECTED, S.DELIVERED, S.COMPLETED})
+#: statuses an order never leaves
+TERMINAL = frozenset({S.COMPLETED, S.CANCELLED})
+#: orders with lines waiting for stock: restock and POST /orders/{id}/allocate route them again
+WAITING = frozenset({S.BACKORDERED, S.PARTIALLY_ALLOCATED})
 
 
 def check_transition(current: OrderStatus | str, new: OrderStatus | str) -> OrderStatus:
@@ -68,25 +82,44 @@ def check_transition(current: OrderStatus | str, new: OrderStatus | str) -> Orde
 
 class FulfillmentStatus(enum.StrEnum):
     ALLOCATED = "allocated"  # on the node's pick list
-    PICKED = "picked"  # picked, waiting for the courier (delivery / ship)
+    PICKED = "picked"  # picked, waiting for the courier (delivery / ship / transfer)
     READY_FOR_PICKUP = "ready_for_pickup"  # picked, pickup code issued
-    SHIPPED = "shipped"  # the courier took it: stock committed
+    SHIPPED = "shipped"  # the courier took it (a transfer: on its way): stock committed
     COLLECTED = "collected"  # the buyer collected it: stock committed
+    DELIVERED = "delivered"  # at the buyer's door (courier or store confirmed)
+    RECEIVED = "received"  # a transfer arrived at the pickup store
+    #: a transfer whose order was cancelled: its goods went into the pickup store's stock
+    RETURNED = "returned"
     REJECTED = "rejected"  # the node could not serve it: re-routed
     CANCELLED = "cancelled"
 
 
 F = FulfillmentStatus
+#: picked before handed over: `shipped` straight from `allocated` is refused (the store's
+#: `handover` call does both steps, recorded as both)
 FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] = {
-    F.ALLOCATED: frozenset({F.PICKED, F.READY_FOR_PICKUP, F.SHIPPED, F.REJECTED, F.CANCELLED}),
+    F.ALLOCATED: frozenset({F.PICKED, F.READY_FOR_PICKUP, F.REJECTED, F.CANCELLED}),
     F.PICKED: frozenset({F.SHIPPED, F.READY_FOR_PICKUP, F.REJECTED, F.CANCELLED}),
     F.READY_FOR_PICKUP: frozenset({F.COLLECTED, F.CANCELLED}),
-    F.SHIPPED: frozenset(),
+    F.SHIPPED: frozenset({F.DELIVERED, F.RECEIVED}),
+    F.RECEIVED: frozenset({F.RETURNED}),
     F.COLLECTED: frozenset(),
+    F.DELIVERED: frozenset(),
+    F.RETURNED: frozenset(),
     F.REJECTED: frozenset(),
     F.CANCELLED: frozenset(),
 }
 OPEN_FULFILLMENT = frozenset({F.ALLOCATED, F.PICKED, F.READY_FOR_PICKUP})
+#: a fulfilment in one of these handed goods to the buyer (a transfer's `shipped` only moved
+#: them between our own nodes)
+HANDED_OVER_FULFILLMENT = frozenset({F.SHIPPED, F.COLLECTED, F.DELIVERED})
+#: no longer part of the order's work
+GONE_FULFILLMENT = frozenset({F.REJECTED, F.CANCELLED, F.RETURNED})
+
+
+def handed_to_buyer(status: str, role: str) -> bool:
+    """Did this fulfilment put goods in the buyer's (or courier's) hands?"""
+    return role != "transfer" and status in HANDED_OVER_FULFILLMENT
 
 
 def check_fulfillment_transition(current: FulfillmentStatus | str, new: FulfillmentStatus | str) -> FulfillmentStatus:
@@ -119,8 +152,14 @@ class OrderLineView(msgspec.Struct, frozen=True, kw_only=True):
     sku: str
     quantity: int
     unit_price: int
+    #: open (served or being served), backordered (some units wait: `waiting`), cancelled
     status: str = "open"
     reason: str | None = None
+    #: 1-based; a partial cancel names lines by it
+    line_no: int = 0
+    #: units cancelled (partial cancel / refund) and units still waiting for stock
+    cancelled: int = 0
+    waiting: int = 0
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,6 +190,8 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     minutes_left: float | None = None
     #: the promise clock's verdict on its open fulfilments (oms/network/promise.py)
     at_risk: bool = False
+    #: a one-hour promise already passed while the order is still in our hands
+    late: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
     history: list[HistoryEntry] | None = None

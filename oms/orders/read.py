@@ -9,6 +9,7 @@ import asyncpg
 from oms.errors import NotFound
 from oms.infra.db import Q
 from oms.network.promise import PromiseClock
+from oms.orders.lines import held_units, line_states
 from oms.orders.model import (
     Destination,
     Fulfillment,
@@ -26,9 +27,15 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
     """The API's order from its rows; `queue` is promise_queue_of_order (the open fulfilments' places)."""
     clock = clock or PromiseClock()
     left = clock.minutes_left(row["promised_by"], row["status"])
+    estimates = [clock.estimate(left, q["status"], q["ahead"], q["capacity_per_hour"]) for q in queue]
+    # a fulfilment shows what it holds or handed over; one cancelled or rejected, what it held
     by_f: dict[str, list[FulfillmentLine]] = {}
+    gone: dict[str, list[FulfillmentLine]] = {}
     for r in reservations:
-        by_f.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
+        into = gone if r["state"] == "released" else by_f
+        into.setdefault(r["fulfillment_id"], []).append(FulfillmentLine(r["sku"], r["quantity"]))
+    for fid, held in gone.items():
+        by_f.setdefault(fid, held)
     return Order(
         id=row["id"],
         channel=row["channel"],
@@ -42,8 +49,9 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
         ),
         lines=[
             OrderLineView(sku=l["sku"], quantity=l["quantity"], unit_price=l["unit_price_fen"],
-                          status=l["status"], reason=l["reason"])
-            for l in lines
+                          status=l["status"], reason=l["reason"], line_no=l["line_no"],
+                          cancelled=l["cancelled_qty"], waiting=st.waiting)
+            for l, st in zip(lines, line_states(lines, held_units(reservations)))
         ],
         fulfillments=[
             Fulfillment(
@@ -60,7 +68,8 @@ def order_from_rows(row, lines, fulfillments, reservations, history=None, *, wit
         paid_at=row["paid_at"],
         promised_by=row["promised_by"],
         minutes_left=left,
-        at_risk=clock.any_at_risk(clock.estimate(left, q["status"], q["ahead"], q["capacity_per_hour"]) for q in queue),
+        at_risk=clock.any_at_risk(estimates),
+        late=clock.any_late(estimates),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         history=None if history is None else [

@@ -36,6 +36,7 @@ class OrderRow(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     reason: str | None
     channel_updated_at: datetime | None
     shop_id: str | None = None
+    pay_by: datetime | None = None
 
 
 class LineRow(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

@@ -1,4 +1,5 @@
-"""Uncollected pickups are cancelled after OMS_PICKUP_EXPIRY_HOURS and their stock returned."""
+"""Uncollected pickups are cancelled after OMS_PICKUP_EXPIRY_HOURS and their stock returned (run by
+the timer job, oms/orders/timers.py, not by anyone polling)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,7 @@ from typing import TYPE_CHECKING
 from oms.errors import IllegalTransition
 from oms.infra.db import Q
 from oms.orders.cancel import cancel_order
-from oms.stores.model import (
-    EXPIRY_CHECK_EVERY_S,
-    utcnow,
-)
+from oms.stores.model import utcnow
 
 if TYPE_CHECKING:
     from oms.wiring import Services
@@ -30,22 +28,19 @@ async def expire_uncollected_pickups(svc: Services, *, now: datetime | None = No
     hours = svc.settings.pickup_expiry_hours
     rows = await svc.pool.fetch(Q["store_pickups_expired"], now - timedelta(hours=hours), node_id, limit)
     cancelled = []
+    why = f"not collected within {hours} hours"
     for r in rows:
         try:
-            await cancel_order(svc.pool, svc.inventory, r["order_id"], "store:pickup-expired",
-                               reason=f"not collected within {hours} hours")
-        except IllegalTransition:  # collected in the meantime
-            continue
+            await cancel_order(svc.pool, svc.inventory, r["order_id"], "store:pickup-expired", reason=why)
+        except IllegalTransition as exc:
+            if not exc.extra.get("handed_over"):
+                continue  # collected in the meantime
+            try:  # part of it was collected: the uncollected parts go, their stock comes back
+                await cancel_order(svc.pool, svc.inventory, r["order_id"], "store:pickup-expired", reason=why,
+                                   fulfillments=list(r["ids"]))
+            except IllegalTransition:
+                continue
         cancelled.append(r["order_id"])
     if cancelled:
         log.info("expired %d uncollected pickup(s)%s", len(cancelled), f" at {node_id}" if node_id else "")
     return cancelled
-
-
-async def expire_pickups_now_and_then(svc: Services, node_id: str) -> None:
-    """Run the expiry for one store at most once a minute (called from its pick-list polls)."""
-    try:
-        if await svc.redis.set(f"pickup:expiry-check:{{{node_id}}}", 1, nx=True, ex=EXPIRY_CHECK_EVERY_S):
-            await expire_uncollected_pickups(svc, node_id=node_id)
-    except Exception:  # noqa: BLE001 - the pick list must answer regardless
-        log.exception("pickup expiry at %s failed; the next poll retries", node_id)

@@ -25,8 +25,15 @@ PICKUP_CODE_QUARANTINE = timedelta(days=30)
 #: wrong pickup codes tolerated per store and window before answering 429
 WRONG_CODE_LIMIT = 10
 WRONG_CODE_WINDOW_S = 600
-#: pick-list polls run the pickup expiry at most this often per store
-EXPIRY_CHECK_EVERY_S = 60
+#: a store step repeated (an app retry) answers 200 with the same view when the fulfilment is
+#: already here: the step and its retry are one request
+ALREADY_DONE: dict[str, frozenset[str]] = {
+    "picked": frozenset({"picked", "ready_for_pickup", "shipped", "collected", "delivered", "received", "returned"}),
+    "shipped": frozenset({"shipped", "delivered", "received", "returned"}),
+    "delivered": frozenset({"delivered"}),
+}
+#: how long a store request's answer is kept for a retry with the same Idempotency-Key
+IDEMPOTENCY_TTL_S = 24 * 3600
 #: reject reasons meaning "the shelf is empty": the SKU's availability at the node goes to zero
 OUT_OF_STOCK_REASONS = frozenset({"out_of_stock", "out-of-stock", "out of stock", "缺货", "无货"})
 
@@ -99,6 +106,8 @@ class PickEntry(msgspec.Struct, kw_only=True):
     #: "serve" (for the buyer) or "transfer" (send to the pickup store `transfer_to`, then mark shipped)
     role: str = "serve"
     transfer_to: str | None = None
+    #: a pickup: goods other nodes transferred in and this store received (handed over with `lines`)
+    transferred_in: list[StoreLine] = []
 
 
 class IncomingTransfer(msgspec.Struct, kw_only=True):
@@ -109,9 +118,11 @@ class IncomingTransfer(msgspec.Struct, kw_only=True):
     channel: str
     external_id: str
     from_node_id: str
-    status: str  # allocated / picked at the source, shipped = on its way or arrived
+    status: str  # allocated / picked at the source, shipped = on its way: POST .../received when here
     lines: list[StoreLine]
     shipped_at: datetime | None = None
+    #: "cancelled": the order is gone; received, the goods join this store's stock
+    order_status: str = ""
 
 
 class SkuWork(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -141,7 +152,7 @@ class PickList(msgspec.Struct, kw_only=True):
     by_sku: list[SkuWork]
     #: picked and waiting for the courier, or ready and waiting for the buyer
     awaiting_handover: list[PickEntry]
-    #: pickup orders whose goods other nodes transfer here; once all are shipped, mark the order picked
+    #: pickup orders whose goods other nodes transfer here; POST .../received as they arrive
     incoming: list[IncomingTransfer] = []
     at_risk: int = 0
     #: handed over, but the platform refuses the shipment (refund pending): get the parcel back

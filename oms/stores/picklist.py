@@ -60,6 +60,7 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
             delivery_mode=r["delivery_mode"], status=r["status"], lines=lines, allocated_at=r["created_at"],
             paid_at=r["paid_at"], promised_by=r["promised_by"], minutes_left=left, picked_at=r["picked_at"],
             role=r["role"], transfer_to=r["pickup_node_id"] if r["role"] == "transfer" else None,
+            transferred_in=[StoreLine(l["sku"], l["quantity"], l.get("name")) for l in r["transferred"]],
         )
         if r["status"] == F.ALLOCATED:
             items.append(PickEntry(**entry, pick_minutes=est.pick_minutes, at_risk=est.at_risk))
@@ -75,7 +76,8 @@ async def pick_list(svc: Services, node_id: str, now: datetime | None = None) ->
     incoming = [
         IncomingTransfer(fulfillment_id=r["id"], order_id=r["order_id"], channel=r["channel"],
                          external_id=r["external_id"], from_node_id=r["from_node_id"], status=r["status"],
-                         lines=[StoreLine(l["sku"], l["quantity"]) for l in r["lines"]], shipped_at=r["handed_over_at"])
+                         lines=[StoreLine(l["sku"], l["quantity"]) for l in r["lines"]], shipped_at=r["handed_over_at"],
+                         order_status=r["order_status"])
         for r in await svc.pool.fetch(Q["store_incoming_transfers"], node_id)
     ]
     intercepted = [

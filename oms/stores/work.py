@@ -14,6 +14,7 @@ from oms.errors import Conflict, IllegalTransition, NotFound
 from oms.infra.db import Q
 from oms.network.promise import PromiseClock
 from oms.orders.model import (
+    GONE_FULFILLMENT,
     FulfillmentStatus,
     OrderStatus,
     check_fulfillment_transition,
@@ -70,7 +71,7 @@ async def store_view(conn: asyncpg.Connection, order_id: str, fulfillment_id: st
     lines = [StoreLine(r["sku"], r["quantity"]) for r in await conn.fetch(Q["store_fulfillment_lines"], fulfillment_id)]
     if order["delivery_mode"] == "pickup" and f["role"] != "transfer" and "transferred_in" not in extra:
         moved = {x["id"] for x in await conn.fetch(Q["fulfillments_by_order"], order_id)
-                 if x["role"] == "transfer" and x["status"] not in (F.REJECTED, F.CANCELLED)}
+                 if x["role"] == "transfer" and x["status"] not in GONE_FULFILLMENT}
         extra["transferred_in"] = sorted(
             (StoreLine(r["sku"], r["quantity"]) for r in await conn.fetch(Q["reservations_by_order"], order_id)
              if r["fulfillment_id"] in moved and r["state"] != "released"), key=lambda l: l.sku)

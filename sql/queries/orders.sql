@@ -13,11 +13,11 @@ with batch as (
     insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
                         dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
                         promised_by, paid_at, total_fen, freight_fen, discount_fen, reason,
-                        channel_updated_at, shop_id)
+                        channel_updated_at, shop_id, pay_by)
     select r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->6)::jsonb,
            (r->>7)::float8, (r->>8)::float8, r->>9, (r->>10)::bool, r->>11,
            (r->>12)::timestamptz, (r->>13)::timestamptz, (r->>14)::bigint,
-           (r->>15)::bigint, (r->>16)::bigint, r->>17, (r->>18)::timestamptz, r->>19
+           (r->>15)::bigint, (r->>16)::bigint, r->>17, (r->>18)::timestamptz, r->>19, (r->>20)::timestamptz
       from batch, jsonb_array_elements(b->0) r
     on conflict (channel, external_id) do nothing
     returning id
@@ -82,8 +82,13 @@ update orders set channel_status = $2, channel_updated_at = coalesce($3, channel
  where id = $1;
 
 -- name: order_lines_by_order
-select line_no, sku, quantity, unit_price_fen, platform_line_id, platform_sku_id, status, reason
+select line_no, sku, quantity, unit_price_fen, platform_line_id, platform_sku_id, status, reason, cancelled_qty
   from order_lines where order_id = $1 order by line_no;
+
+-- name: order_line_cancel_units
+-- $3 more units of a line cancelled (never more than it has), with the reason.
+update order_lines set cancelled_qty = least(quantity, cancelled_qty + $3), reason = coalesce($4, reason)
+ where order_id = $1 and line_no = $2;
 
 -- name: order_line_set_status
 update order_lines set status = $3, reason = $4 where order_id = $1 and line_no = $2;
@@ -122,11 +127,12 @@ select * from orders
 update orders set reason = null, updated_at = now() where id = $1;
 
 -- name: backordered_orders_with_sku
--- Backordered orders with a line of this SKU, oldest first (index orders_by_status).
+-- Orders waiting for this SKU, wholly (backordered) or in part (partially_allocated), oldest
+-- first (index orders_by_status).
 select o.id from orders o
- where o.status = 'backordered'
+ where o.status in ('backordered', 'partially_allocated')
    and exists (select 1 from order_lines l where l.order_id = o.id and l.sku = $1 and l.status = 'backordered')
- order by o.created_at
+ order by o.created_at, o.id
  limit $2;
 
 -- name: reservation_reduce
@@ -138,3 +144,29 @@ update reservations
        updated_at = now()
  where fulfillment_id = $1 and sku = $2 and state = 'reserved' and quantity >= $3
 returning sku;
+
+-- name: order_lines_cancel_all
+-- A whole-order cancel: every unit of every line cancelled, with the reason.
+update order_lines set cancelled_qty = quantity, status = 'cancelled', reason = coalesce($2, reason)
+ where order_id = $1 and status <> 'cancelled';
+
+-- name: orders_unpaid_expired
+-- Unpaid orders whose hold ran out before $1: the platform's own expiry, else created_at + $2
+-- minutes (index orders_unpaid).
+select id, coalesce(pay_by, created_at + make_interval(mins => $2)) as pay_by from orders
+ where status = 'created' and coalesce(pay_by, created_at + make_interval(mins => $2)) < $1
+ order by created_at
+ limit $3;
+
+-- name: orders_promise_due
+-- One-hour orders still in our hands, not yet escalated, whose promise falls before $1
+-- (index orders_open_promise).
+select id, status, delivery_mode, promised_by from orders
+ where promised_by is not null and escalated_at is null and promised_by < $1
+   and status in ('allocated', 'partially_allocated', 'picking', 'picked')
+ order by promised_by
+ limit $2;
+
+-- name: order_escalate
+-- Mark an order escalated once; nothing when it already was.
+update orders set escalated_at = $2 where id = $1 and escalated_at is null returning id;

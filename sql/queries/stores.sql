@@ -16,11 +16,13 @@ returning id, node_id, label, created_at, revoked_at;
 select id, node_id, label, created_at, revoked_at from store_tokens where node_id = $1 order by created_at, id;
 
 -- name: store_fulfillments_at_node_for_update
--- An order's fulfilments at one node, open ones first, newest first; locks them.
+-- An order's fulfilments at one node, open ones first (least far along first: a step and its
+-- retry find the same part), then newest first; locks them.
 select id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason, created_at
   from fulfillments
  where order_id = $1 and node_id = $2
- order by (status in ('allocated', 'picked', 'ready_for_pickup')) desc, created_at desc, id desc
+ order by case status when 'allocated' then 0 when 'picked' then 1 when 'ready_for_pickup' then 2 else 3 end,
+          created_at desc, id desc
    for update;
 
 -- name: store_fulfillment_advance
@@ -31,6 +33,8 @@ update fulfillments
        reason = coalesce($5, reason),
        picked_at = case when $3 in ('picked', 'ready_for_pickup') then now() else picked_at end,
        handed_over_at = case when $3 in ('shipped', 'collected') then now() else handed_over_at end,
+       received_at = case when $3 = 'received' then now() else received_at end,
+       delivered_at = case when $3 = 'delivered' then now() else delivered_at end,
        updated_at = now()
  where id = $1 and status = $2
 returning id;
@@ -55,7 +59,15 @@ select f.id, f.order_id, f.status, f.role, f.created_at, f.picked_at,
        coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity, 'name', k.name)
                                  order by r.sku)
                    from reservations r left join skus k on k.sku = r.sku
-                  where r.fulfillment_id = f.id and r.state = 'reserved'), '[]'::json) as lines
+                  where r.fulfillment_id = f.id and r.state = 'reserved'), '[]'::json) as lines,
+       -- a pickup: the goods other nodes transferred in, once received here
+       case when f.role = 'serve' and o.delivery_mode = 'pickup' then
+       coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity, 'name', k.name)
+                                 order by r.sku)
+                   from fulfillments t join reservations r on r.fulfillment_id = t.id
+                   left join skus k on k.sku = r.sku
+                  where t.order_id = f.order_id and t.role = 'transfer' and t.status = 'received'
+                    and r.state = 'committed'), '[]'::json) else '[]'::json end as transferred
   from fulfillments f join orders o on o.id = f.order_id
  where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup')
  -- the picking queue's order (sql/queries/promise.sql counts places in it the same way)
@@ -71,22 +83,27 @@ select count(*)::int as n,
        (select coalesce(md5(string_agg(t.id || ':' || t.status || ':' || extract(epoch from t.updated_at)::text,
                                        ',' order by t.id)), '')
           from orders o join fulfillments t on t.order_id = o.id
-         where o.pickup_node_id = $1 and o.status in ('allocated', 'picking', 'picked')
-           and t.role = 'transfer' and t.status in ('allocated', 'picked', 'shipped')) as incoming
+         where o.pickup_node_id = $1 and t.role = 'transfer'
+           and ((o.status in ('allocated', 'partially_allocated', 'picking', 'picked')
+                 and t.status in ('allocated', 'picked', 'shipped'))
+                or (o.status = 'cancelled' and t.status = 'shipped'))) as incoming
   from fulfillments f
  where f.node_id = $1 and f.status in ('allocated', 'picked', 'ready_for_pickup');
 
 -- name: store_incoming_transfers
--- Goods on their way to this pickup store from other nodes, until the order is ready here
+-- Goods on their way to this pickup store from other nodes, until received here; a cancelled
+-- order's goods still on the road too (received, they join the store's stock)
 -- (index orders_by_pickup_node).
 select t.id, t.order_id, t.node_id as from_node_id, t.status, t.created_at, t.handed_over_at,
-       o.channel, o.external_id, o.paid_at,
+       o.channel, o.external_id, o.paid_at, o.status as order_status,
        coalesce((select json_agg(json_build_object('sku', r.sku, 'quantity', r.quantity) order by r.sku)
                    from reservations r
                   where r.fulfillment_id = t.id and r.state in ('reserved', 'committed')), '[]'::json) as lines
   from orders o join fulfillments t on t.order_id = o.id
- where o.pickup_node_id = $1 and o.status in ('allocated', 'picking', 'picked')
-   and t.role = 'transfer' and t.status in ('allocated', 'picked', 'shipped')
+ where o.pickup_node_id = $1 and t.role = 'transfer'
+   and ((o.status in ('allocated', 'partially_allocated', 'picking', 'picked')
+         and t.status in ('allocated', 'picked', 'shipped'))
+        or (o.status = 'cancelled' and t.status = 'shipped'))
  order by t.created_at, t.id;
 
 -- name: store_pickup_by_code
@@ -97,14 +114,20 @@ select id, order_id, status from fulfillments
  limit 1;
 
 -- name: store_pickups_expired
--- Orders whose pickup has waited since before $1 (index fulfillments_ready_since).
-select distinct order_id from fulfillments
+-- Orders whose pickup has waited since before $1, with those fulfilments (index fulfillments_ready_since).
+select order_id, array_agg(id order by id) as ids from fulfillments
  where status = 'ready_for_pickup' and picked_at < $1 and ($2::text is null or node_id = $2)
+ group by order_id
  limit $3;
 
 -- name: store_fulfillment_by_id
 select id, order_id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason
   from fulfillments where id = $1;
+
+-- name: store_transfers_for_update
+-- The transfers of one order (to its pickup store), locked.
+select id, order_id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason
+  from fulfillments where order_id = $1 and role = 'transfer' order by created_at, id for update;
 
 -- name: store_fulfillment_by_id_for_update
 select id, order_id, node_id, status, role, pickup_code, picked_at, handed_over_at, reason
@@ -137,3 +160,10 @@ select on_hand from stock where node_id = $1 and sku = $2 for update;
 
 -- name: store_stock_get
 select on_hand from stock where node_id = $1 and sku = $2;
+
+-- name: store_stock_receive
+-- Goods come into a node's stock (a cancelled order's transfer arriving at the pickup store):
+-- on-hand up by $3, the row created when the node never held the SKU.
+insert into stock (node_id, sku, on_hand) values ($1, $2, $3)
+on conflict (node_id, sku) do update set on_hand = stock.on_hand + excluded.on_hand, updated_at = now()
+returning on_hand;

@@ -43,13 +43,13 @@ def test_a_line_with_an_unknown_sku_is_backordered_and_says_which():
     assert reason == [None, "unknown SKU 'ghost'", None]
 
 
-def test_lines_the_reservations_cover_stay_open_and_the_rest_take_routings_reason():
+def test_lines_the_reservations_cover_stay_open_and_the_rest_wait_with_routings_reason():
     lines = [RouteLine("pen", 2), RouteLine("ink", 1), RouteLine("cap", 3)]
     plan = _plan([Unserved("ink", 1, "ink is out everywhere"), Unserved("cap", 1, "only 2 caps in range")])
     status, reason = lines_after_plan(lines, ["open"] * 3, [None] * 3,
                                       [_reserved("a", ("pen", 2)), _reserved("b", ("cap", 2))], plan)
-    assert status == ["open", "backordered", "open"]
-    assert reason == [None, "ink is out everywhere", "1 of 3 backordered: only 2 caps in range"]
+    assert status == ["open", "backordered", "backordered"]  # a line served in part waits for the rest
+    assert reason == [None, "ink is out everywhere", "1 of 3 waiting: only 2 caps in range"]
 
 
 def test_a_line_already_backordered_is_left_as_it_is():
@@ -57,10 +57,10 @@ def test_a_line_already_backordered_is_left_as_it_is():
     assert (status, reason) == (["backordered"], ["unknown SKU 'ghost'"])
 
 
-def test_a_paid_order_is_allocated_when_anything_is_reserved_and_backordered_otherwise():
+def test_a_paid_order_is_allocated_partially_allocated_or_backordered():
     assert new_order_outcome(["open", "open"], [None, None], True, "single node") == (OrderStatus.ALLOCATED, None)
     status, reason = new_order_outcome(["open", "backordered"], [None, "ink is out"], True, "split")
-    assert status is OrderStatus.ALLOCATED and reason == "partly backordered: ink is out"
+    assert status is OrderStatus.PARTIALLY_ALLOCATED and reason == "partly backordered: ink is out"
     assert new_order_outcome(["backordered"], ["ink is out"], False, "no node has ink") == (
         OrderStatus.BACKORDERED, "no node has ink")
 
@@ -109,12 +109,38 @@ def test_a_cancel_after_hand_over_is_too_late():
     ("delivery", [("picked", "serve"), ("shipped", "serve")], "picked"),
     ("delivery", [("shipped", "serve"), ("rejected", "serve")], "shipped"),
     ("delivery", [("rejected", "serve")], "backordered"),
+    ("delivery", [("delivered", "serve"), ("shipped", "serve")], "shipped"),
+    ("delivery", [("delivered", "serve"), ("delivered", "serve")], "delivered"),
     ("pickup", [("ready_for_pickup", "serve"), ("picked", "transfer")], "picking"),
-    ("pickup", [("ready_for_pickup", "serve"), ("shipped", "transfer")], "ready_for_pickup"),
-    ("pickup", [("collected", "serve"), ("shipped", "transfer")], "collected"),
+    ("pickup", [("ready_for_pickup", "serve"), ("shipped", "transfer")], "picking"),  # on the road, not here
+    ("pickup", [("ready_for_pickup", "serve"), ("received", "transfer")], "ready_for_pickup"),
+    ("pickup", [("collected", "serve"), ("received", "transfer")], "collected"),
+    ("pickup", [("ready_for_pickup", "serve"), ("returned", "transfer")], "ready_for_pickup"),
 ])
 def test_the_order_status_its_fulfilments_imply(mode, fulfilments, expected):
     assert order_status_from(mode, fulfilments) == expected
+
+
+def test_a_waiting_line_makes_the_order_partially_allocated_and_all_lines_cancelled_cancels_it():
+    from oms.orders.decide import order_status_with_lines
+    from oms.orders.lines import line_states, missing_units
+
+    lines = [{"line_no": 1, "sku": "pen", "quantity": 2, "cancelled_qty": 0, "reason": None},
+             {"line_no": 2, "sku": "ink", "quantity": 1, "cancelled_qty": 0, "reason": "ink is out"}]
+    states = line_states(lines, {"pen": 2})
+    assert [(st.status, st.waiting) for st in states] == [("open", 0), ("backordered", 1)]
+    assert missing_units(lines, {"pen": 2}) == {"ink": 1}
+    shipped = [("shipped", "serve")]
+    assert order_status_with_lines("delivery", shipped, states) == "partially_allocated"
+    assert order_status_with_lines("delivery", [], states) == "backordered"
+    lines[1]["cancelled_qty"] = 1  # the buyer gave up the ink
+    assert order_status_with_lines("delivery", shipped, line_states(lines, {"pen": 2})) == "shipped"
+    lines[0]["cancelled_qty"] = 2
+    assert order_status_with_lines("delivery", [("cancelled", "serve")], line_states(lines, {})) == "cancelled"
+    # a unit a store's reject is re-routing right now is not routed again by a restock meanwhile
+    lines = [{"line_no": 1, "sku": "pen", "quantity": 1, "cancelled_qty": 0,
+              "reason": "rejected at s1 (damaged); re-routing"}]
+    assert missing_units(lines, {}) == {}
 
 
 def test_the_order_reaches_a_status_through_the_transition_table():
