@@ -262,8 +262,8 @@ class Dispatcher:
 
     async def _message(self, m: asyncpg.Record) -> None:
         if m["kind"] == "cancel":
-            await self._finish(m, "manual", "no-call",
-                               "the platform has no seller cancel call for a paid order: cancel or refund it there")
+            shop = await self.pool.fetchrow(Q["shop_get"], m["shop_id"]) if m["shop_id"] else None
+            await self._finish(m, "manual", "no-call", outbound.cancel_note(shop["channel"] if shop else "unknown"))
             return
         h, row = await self._handover(m)
         if h is None or row is None:

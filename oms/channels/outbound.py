@@ -285,6 +285,22 @@ def _wechat(ctx: ShopContext, h: Handover, now: datetime) -> Call | Deferred:
     return Call(req, ob_wechat.parse_upload_shipping_info)
 
 
+#: Cancels we decide (an expired pickup, an unpaid order past its time, an admin): no platform in
+#: outbound.md has a seller call that cancels a paid order, so each is listed for ops with this.
+CANCEL_BY_HAND = {
+    "tmall": "Taobao/Tmall has no seller call to cancel a paid trade (outbound.md §1): refund it in the seller "
+             "backend, or agree to the buyer's refund request",
+    "jd": "JD has no seller cancel call for a paid order in outbound.md §2: cancel it in the JD merchant backend",
+    "douyin": "Douyin has no seller cancel call in outbound.md §3: refund the order in the Doudian backend",
+    "miniprogram": "our own channel: refund the WeChat Pay payment from the mini-program backend",
+}
+
+
+def cancel_note(channel: str) -> str:
+    """What ops must do on the platform for a cancel we decided (no platform call for it)."""
+    return CANCEL_BY_HAND.get(channel, f"{channel}: no cancel call known: cancel it on the platform")
+
+
 def state_call(ctx: ShopContext, h: Handover, now: datetime) -> StateCall | None:
     """The platform's order-state query, where a repeat of the call would not be deduplicated."""
     if ctx.channel == "tmall":

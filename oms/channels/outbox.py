@@ -3,6 +3,7 @@
 Stock changes need no call here: the triggers of 014_outbox.sql add a row for every write to
 `stock` or `reservations` in that write's transaction. What is written from code:
     handover(conn, ...)   in the hand-over's transaction (oms/stores/handover.py)
+    cancelled(conn, ...)  in the cancel's transaction, for a cancel we decided (oms/orders/cancel.py)
     sku_changed(...)      a change decided outside PostgreSQL (Redis only)
     resync(pool, shop)    a full resync of a shop (admin call; the dispatcher also schedules them)
 """
@@ -23,6 +24,19 @@ async def handover(conn: asyncpg.Connection, *, shop_id: str | None, order_id: s
     await conn.execute(Q["fulfillment_set_handover_info"], fulfillment_id, carrier, tracking_no)
     await conn.execute(Q["outbox_handover_insert"], "handover", shop_id, order_id, fulfillment_id,
                        {"node_id": node_id, "mode": mode, "carrier": carrier, "tracking_no": tracking_no})
+
+
+async def cancelled(conn: asyncpg.Connection, order: Any, cause: str, reason: str) -> bool:
+    """A cancel we decided (an expired pickup, a timer, an admin), in the caller's transaction:
+    the platform must hear it, or ops must do it there. Nothing when the platform itself cancelled
+    (its channel status says so: it knows) or the order came from no platform. True when written."""
+    from oms.channels.shops import default_shop_id
+
+    shop_id = order["shop_id"] or default_shop_id(order["channel"])
+    if shop_id is None or order["channel_status"] == "cancelled":
+        return False
+    await conn.execute(Q["outbox_cancel_insert"], shop_id, order["id"], {"cause": cause, "reason": reason})
+    return True
 
 
 async def sku_changed(pool_or_conn: Any, skus: list[str]) -> None:
@@ -79,11 +93,27 @@ class ShopSync(msgspec.Struct, frozen=True, kw_only=True):
     paused_until: str | None
 
 
+class CancelForOps(msgspec.Struct, frozen=True, kw_only=True):
+    """An order we cancelled whose platform has no call for it: cancel or refund it there."""
+
+    message_id: int
+    order_id: str
+    channel: str
+    external_id: str
+    shop_id: str | None
+    cause: str | None
+    reason: str | None
+    what_to_do: str | None
+    since: str
+
+
 class SyncFigures(msgspec.Struct, frozen=True, kw_only=True):
     channels: list[ChannelSync]
     shops: list[ShopSync]
     outbox_pending: int
     cancels_for_ops: int
+    #: the oldest of them (at most 50), for the ops list
+    cancels: list[CancelForOps] = []
 
 
 async def figures(pool: asyncpg.Pool, window_s: float = 900.0) -> SyncFigures:
@@ -94,6 +124,7 @@ async def figures(pool: asyncpg.Pool, window_s: float = 900.0) -> SyncFigures:
         shop_rows = await conn.fetch(Q["ops_sync_shops"])
         pending = await conn.fetchval(Q["ops_outbox_pending"])
         cancels = await conn.fetchval(Q["ops_cancels_for_ops"])
+        cancel_rows = await conn.fetch(Q["ops_cancels_list"], 50) if cancels else []
     channels = sorted({c for c, _ in lags} | set(queues))
 
     def lag(channel: str, kind: str, q: str) -> float | None:
@@ -115,4 +146,8 @@ async def figures(pool: asyncpg.Pool, window_s: float = 900.0) -> SyncFigures:
                         last_full_resync_at=r["last_full_resync_at"].isoformat() if r["last_full_resync_at"] else None,
                         paused_until=r["sync_paused_until"].isoformat() if r["sync_paused_until"] else None)
                for r in shop_rows],
-        outbox_pending=pending, cancels_for_ops=cancels)
+        outbox_pending=pending, cancels_for_ops=cancels,
+        cancels=[CancelForOps(message_id=r["id"], order_id=r["order_id"], channel=r["channel"],
+                              external_id=r["external_id"], shop_id=r["shop_id"], cause=r["cause"],
+                              reason=r["reason"], what_to_do=r["last_error"], since=r["created_at"].isoformat())
+                 for r in cancel_rows])

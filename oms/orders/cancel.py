@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
+from oms.channels import outbox
 from oms.errors import IllegalTransition, NotFound
 from oms.infra.db import Q
 from oms.ops import metrics
@@ -69,6 +70,8 @@ async def cancel_order(pool: asyncpg.Pool, inventory: Inventory, order_id: str, 
                 _refuse_handed_over(row, [f for f in fs if handed_to_buyer(f["status"], f["role"])])
                 why = reason or "cancelled"
                 await set_status(conn, order_id, row["status"], OrderStatus.CANCELLED, cause, reason=why)
+                # a cancel we decided reaches the platform (or ops) with the cancel, or not at all
+                await outbox.cancelled(conn, row, cause, why)
                 await conn.execute(Q["order_lines_cancel_all"], order_id, why)
                 metrics.order_cancelled(row["channel"])
                 for f in fs:

@@ -269,3 +269,17 @@ select o.order_id, o.fulfillment_id, ord.channel, ord.external_id, f.reason, o.l
  where o.status = 'blocked' and f.node_id = $1
  order by o.done_at desc
  limit 100;
+
+-- name: outbox_cancel_insert
+-- In the cancel's transaction: an order we cancelled (the platform did not): confirm it or list it for ops.
+insert into outbox (kind, shop_id, order_id, payload) values ('cancel', $1, $2, $3::jsonb);
+
+-- name: ops_cancels_list
+-- Cancels we decided that ops must still confirm on the platform (oldest first).
+select o.id, o.order_id, ord.channel, ord.external_id, o.shop_id, o.payload->>'cause' as cause,
+       o.payload->>'reason' as reason, o.last_error, o.created_at
+  from outbox o
+  join orders ord on ord.id = o.order_id
+ where o.kind = 'cancel' and o.status = 'manual'
+ order by o.created_at
+ limit $1;
