@@ -110,3 +110,20 @@ async def test_an_order_from_no_platform_needs_no_cancel_message(client, service
     r = await client.post(f"/orders/{o['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     assert await cancel_rows(services, o["id"]) == []
+
+
+async def test_an_unpaid_order_past_its_hold_needs_no_cancel_message(client, services, world):
+    from oms.orders.timers import expire_unpaid
+
+    node, _ = await store(world, "xu")
+    tea = await world.sku("tea")
+    await world.stock(node, tea, 2)
+    async with FakeJd(app_key=world.id("jdk")) as jd:
+        shop = world.id("jd")
+        await make_shop(client, shop, "jd", jd)
+        body = world.order("u", [(tea, 1)], mode="ship", channel="jd", shop_id=shop, status="unpaid",
+                           lat=HERE_LAT, lng=HERE_LNG)
+        o = (await world.post_order(body)).json()
+        assert o["status"] == "created", o
+        assert o["id"] in await expire_unpaid(services, utcnow() + timedelta(days=2))  # the platform closes it too
+        assert await cancel_rows(services, o["id"]) == []

@@ -27,13 +27,14 @@ async def handover(conn: asyncpg.Connection, *, shop_id: str | None, order_id: s
 
 
 async def cancelled(conn: asyncpg.Connection, order: Any, cause: str, reason: str) -> bool:
-    """A cancel we decided (an expired pickup, a timer, an admin), in the caller's transaction:
-    the platform must hear it, or ops must do it there. Nothing when the platform itself cancelled
-    (its channel status says so: it knows) or the order came from no platform. True when written."""
+    """A cancel we decided (an expired pickup, an admin), in the caller's transaction: the
+    platform must hear it, or ops must do it there. Nothing when the platform itself cancelled
+    (its channel status says so), for an order never paid (the platform closes unpaid orders at
+    its own expiry, as our timer does), or for an order from no platform. True when written."""
     from oms.channels.shops import default_shop_id
 
     shop_id = order["shop_id"] or default_shop_id(order["channel"])
-    if shop_id is None or order["channel_status"] == "cancelled":
+    if shop_id is None or order["channel_status"] == "cancelled" or order["paid_at"] is None:
         return False
     await conn.execute(Q["outbox_cancel_insert"], shop_id, order["id"], {"cause": cause, "reason": reason})
     return True
