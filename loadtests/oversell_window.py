@@ -41,7 +41,6 @@ import os
 import random
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import time
