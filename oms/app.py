@@ -15,6 +15,7 @@ from litestar.di import Provide
 from oms.api.catalogue import CatalogueController
 from oms.api.errors import EXCEPTION_HANDLERS
 from oms.api import openapi
+from oms.api.text import reject_bad_text
 from oms.api.orders import OrderController
 from oms.api import ops as ops_api, shops as shops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         *ops_api.ROUTES, *webhooks_api.ROUTES, openapi.swagger_asset],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=reject_bad_text,
         lifespan=[lifespan],
         openapi_config=openapi.config(),
         debug=False,

@@ -63,3 +63,22 @@ class Unavailable(OmsError):
 
     status_code = 503
     code = "unavailable"
+    #: seconds a caller should wait before retrying (the Retry-After header)
+    retry_after = 1
+
+
+class WriteInDoubt(Unavailable):
+    """The connection was lost during or after COMMIT: the write may have been kept.
+
+    The reservations stay until PostgreSQL answers and says which; a retry finds the order if
+    it was stored."""
+
+    code = "in_doubt"
+
+
+class StockFenced(Unavailable):
+    """Redis lost its availability (flush, failover, empty restart) and is being rebuilt from
+    PostgreSQL: nothing is reserved or set on an empty Redis; retry in a moment."""
+
+    code = "rebuilding"
+    retry_after = 2

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from redis.exceptions import RedisError
 from litestar.exceptions import HTTPException, ValidationException
 
-from oms.errors import OmsError
+from oms.errors import OmsError, Unavailable
 
 log = logging.getLogger("oms.api")
 _LEADING_FIELD = re.compile(r"^([a-z_][a-z0-9_]*): (.*)$", re.S)
@@ -25,7 +25,9 @@ def _body(code: str, message: str, field: str | None = None, **extra: object) ->
 
 
 def oms_error(_: Request, exc: OmsError) -> Response:
-    return Response(_body(exc.code, exc.message, exc.field, **exc.extra), status_code=exc.status_code)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    return Response(_body(exc.code, exc.message, exc.field, **exc.extra), status_code=exc.status_code,
+                    headers=headers)
 
 
 def validation_error(_: Request, exc: ValidationException) -> Response:
@@ -55,9 +57,18 @@ def http_error(_: Request, exc: HTTPException) -> Response:
 
 
 def dependency_error(request: Request, exc: Exception) -> Response:
-    """PostgreSQL or Redis failed under us: the request changed nothing durable; retry."""
+    """PostgreSQL or Redis failed under us (refused, socket file gone, connection cut, pool
+    timed out): the request changed nothing durable; retry."""
     log.error("dependency failure on %s %s: %r", request.method, request.url.path, exc)
-    return Response(_body("unavailable", "a database is unavailable; nothing was kept, retry"), status_code=503)
+    return Response(_body("unavailable", "a database is unavailable; nothing was kept, retry in a moment"),
+                    status_code=503, headers={"Retry-After": "1"})
+
+
+def bad_text_error(request: Request, exc: Exception) -> Response:
+    """Text PostgreSQL cannot store reached it (the edge check in oms.api.text missed it)."""
+    log.warning("bad text reached the database on %s %s: %r", request.method, request.url.path, exc)
+    return Response(_body("invalid", "text holds U+0000 or a lone surrogate, which cannot be stored"),
+                    status_code=400)
 
 
 def internal_error(request: Request, exc: Exception) -> Response:
@@ -72,6 +83,11 @@ EXCEPTION_HANDLERS = {
     RedisError: dependency_error,
     asyncpg.PostgresError: dependency_error,
     asyncpg.InterfaceError: dependency_error,
-    ConnectionError: dependency_error,
+    asyncpg.exceptions.InternalClientError: dependency_error,
+    # the socket file gone (FileNotFoundError), refused, reset, timed out: all OSError
+    OSError: dependency_error,
+    asyncpg.exceptions.CharacterNotInRepertoireError: bad_text_error,
+    asyncpg.exceptions.UntranslatableCharacterError: bad_text_error,
+    UnicodeError: bad_text_error,
     Exception: internal_error,
 }
