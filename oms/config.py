@@ -44,6 +44,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_ttl_s: float = 10.0
     #: serve /metrics without the admin token (a Prometheus that cannot send a bearer token)
     metrics_public: bool = False
+    #: seconds between reconciler passes (one process at a time runs them)
+    reconcile_interval_s: float = 2.0
+    #: a reservation with no order, made by a live process, is released after this many seconds
+    reconcile_grace_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -69,6 +73,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             channel_workers=tuple(c.strip() for c in e.get("OMS_CHANNEL_WORKERS", "").split(",") if c.strip()),
             lease_ttl_s=float(e.get("OMS_LEASE_TTL_S", 10)),
             metrics_public=e.get("OMS_METRICS_PUBLIC", "") in ("1", "true", "yes"),
+            reconcile_interval_s=float(e.get("OMS_RECONCILE_INTERVAL_S", 2.0)),
+            reconcile_grace_s=float(e.get("OMS_RECONCILE_GRACE_S", 60.0)),
         )
 
 

@@ -18,7 +18,9 @@ from oms.orders.allocate import Allocator
 from oms.orders.intake import IntakeService
 from oms.orders.writer import OrderWriter
 from oms.stock.catalogue import SkuCatalogue
+from oms.stock.fence import Fence
 from oms.stock.inventory import Inventory
+from oms.stock.liveness import Liveness
 
 log = logging.getLogger("oms")
 
@@ -32,7 +34,12 @@ class Services:
         self.redis = redis
         #: the one promise clock (at risk, late) every view of an order uses
         self.promise = PromiseClock.from_settings(settings)
-        self.inventory = Inventory(redis)
+        # this process's id on its reservations and claims, kept alive by a heartbeat
+        self.liveness = Liveness(redis)
+        self.inventory = Inventory(redis, owner=self.liveness.worker_id)
+        self.fence = Fence(pool, redis)
+        self.fence.attach(self.inventory)
+        self.reconciler = None  # oms.stock.reconciler.Reconciler, started with the app (oms.app)
         self.nodes = NodeDirectory(pool)
         self.skus = SkuCatalogue(pool)
         self.allocator = Allocator(settings, pool, self.inventory, self.nodes)
@@ -56,6 +63,7 @@ class Services:
         svc = cls(settings, pool, redis, write_pool)
         if prepare:
             await svc.prepare()
+        svc.liveness.start()
         return svc
 
     async def prepare(self) -> None:
@@ -70,6 +78,8 @@ class Services:
         await self.inventory.batch.load_scripts()
 
     async def close(self) -> None:
+        await self.intake.close()
+        await self.liveness.stop()
         await self.pool.close()
         if self.write_pool is not None:
             await self.write_pool.close()

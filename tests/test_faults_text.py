@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from oms.api.text import find_bad_text
+from oms.infra.text import find_bad_text
 
 LAT, LNG = 31.2304, 121.4737
 NUL = "a\u0000b"

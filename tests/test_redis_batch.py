@@ -105,6 +105,7 @@ async def test_a_lost_connection_fails_its_batch_and_the_next_batch_works(servic
 async def test_reserve_loads_the_script_again_after_redis_forgot_it(services, uid):
     inv = Inventory(services.redis)
     node, sku = f"ns-{uid}", "s"
+    await inventory.install(services.redis, {node: inventory.NodeStock()}, inventory.new_generation())
     await inv.set_on_hand(node, sku, 5)
     await services.redis.script_flush()
 

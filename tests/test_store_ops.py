@@ -10,7 +10,7 @@ import pytest
 
 from oms.stores import expiry, handover, model, picklist, status
 from oms.infra.db import Q
-from oms.stock.inventory import avail_key, expected_from_postgres
+from oms.stock.inventory import GEN_FIELD, avail_key, expected_from_postgres
 
 # Each test works in its own corner of Shanghai (from its uid), so the nodes other tests leave
 # behind never crowd its candidates: the buyer at DEST, one store NEAR (~70 m), one FAR (~1.7 km).
@@ -114,7 +114,8 @@ async def assert_consistent(services, nodes) -> None:
     for node in nodes:
         keys = {k.decode().rsplit(":", 1)[1] async for k in services.redis.scan_iter(match=f"inv:{{{node}}}:res:*")}
         assert keys == {fid for (n, fid) in records if n == node}
-        avail = {k.decode(): int(v) for k, v in (await services.redis.hgetall(avail_key(node))).items()}
+        avail = {k.decode(): int(v) for k, v in (await services.redis.hgetall(avail_key(node))).items()
+                 if k.decode() != GEN_FIELD}
         want = {sku: o - r for (n, sku), (o, r) in levels.items() if n == node}
         assert {k: v for k, v in avail.items() if v or k in want} == want
 

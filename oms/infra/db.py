@@ -22,6 +22,18 @@ _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION_LOCK = 7_314_159
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """True when `exc` means the connection failed under a statement, so whether the server
+    committed it is unknown (an in-doubt write): cut, reset, timed out, server shut down.
+
+    A statement the server refused (constraint, bad data, serialization) is not in doubt: its
+    transaction rolled back. Neither is a failure to connect at all (nothing was sent)."""
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                        asyncpg.exceptions.OperatorInterventionError)):
+        return True
+    return isinstance(exc, (OSError, TimeoutError))
+
+
 def load_queries(folder: Path = SQL_DIR / "queries") -> dict[str, str]:
     """Every `-- name: x` block of every .sql file in `folder`, by name."""
     queries: dict[str, str] = {}

@@ -176,6 +176,21 @@ def outbound_call(channel: str, kind: str, outcome: str) -> None:
     OUTBOUND_CALLS.labels(channel, kind, outcome).inc()
 
 
+INVENTORY_REBUILDS = Counter(
+    "oms_inventory_rebuilds", "Nodes whose stock Redis had lost and the fence rebuilt from PostgreSQL",
+)
+RECONCILE_REPAIRS = Counter(
+    "oms_reconcile_repairs",
+    "What the reconciler put right between Redis and PostgreSQL: drift (hash fields repaired), "
+    "released (reservations no order holds), reapplied (reservations Redis had lost), committed",
+    ["kind"],
+)
+IN_DOUBT_WRITES = Counter(
+    "oms_in_doubt_writes", "Order writes whose connection was lost during or after COMMIT, by what the "
+    "read-back found: stored, not_stored",
+    ["outcome"],
+)
+
 #: Redis list of recent routing decision times in milliseconds, newest first
 ROUTING_SAMPLES_KEY = "ops:routing_ms"
 ROUTING_SAMPLES_MAX = 5000
@@ -215,6 +230,19 @@ def observe_order(order: Any, created: bool) -> None:
 
 def reservation_failed(sku: str | None) -> None:
     RESERVATION_FAILURES.labels(sku or "unknown").inc()
+
+
+def inventory_rebuilt(nodes: int) -> None:
+    INVENTORY_REBUILDS.inc(nodes)
+
+
+def reconciled(kind: str, n: int) -> None:
+    if n:
+        RECONCILE_REPAIRS.labels(kind).inc(n)
+
+
+def in_doubt_resolved(stored: bool) -> None:
+    IN_DOUBT_WRITES.labels("stored" if stored else "not_stored").inc()
 
 
 #: samples waiting to be pushed to Redis; flushed together so the hot path never waits on it

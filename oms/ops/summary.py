@@ -27,6 +27,7 @@ from oms.infra.db import Q
 from oms.network.promise import PromiseClock
 from oms.ops import metrics
 from oms.stock.inventory import Inventory
+from oms.stock.reconciler import stats as reconciler_stats
 from routing import distance_m
 
 #: the day of a sale starts at midnight China time (no daylight saving there)
@@ -171,6 +172,17 @@ class Assumptions(msgspec.Struct, kw_only=True):
     picking_minutes: float
 
 
+class Reconciliation(msgspec.Struct, kw_only=True):
+    """What the reconciler put right between Redis and PostgreSQL (oms.stock.reconciler)."""
+
+    passes: int = 0
+    drift_repaired: int = 0
+    released: int = 0
+    reapplied: int = 0
+    committed: int = 0
+    last_pass_at: datetime | None = None
+
+
 class Summary(msgspec.Struct, kw_only=True):
     generated_at: datetime
     since: datetime
@@ -191,6 +203,7 @@ class Summary(msgspec.Struct, kw_only=True):
     assumptions: Assumptions
     #: stock publication and hand-over confirmations per channel and shop (oms/channels/outbox.py)
     channel_sync: SyncFigures | None = None
+    reconciler: Reconciliation = msgspec.field(default_factory=Reconciliation)
 
 
 class MapCell(msgspec.Struct, kw_only=True):
@@ -326,6 +339,7 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
     active = [n for n in nodes if n["active"]]
     rd_oversold = await redis_oversold(services.inventory, node_ids)
     routing = await routing_stats(services.redis)
+    reconciled = await reconciler_stats(services.redis)
     available, ran_out = await _stock_now(services.inventory, active, [r["sku"] for r in oos], stocked)
     channels = [ChannelTotals(channel=r["channel"], orders=r["orders"], gmv_fen=r["gmv_fen"], accepted=r["accepted"],
                               backordered=r["backordered"], cancelled=r["cancelled"]) for r in channel_rows]
@@ -357,6 +371,12 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         oversell=Oversell(ok=not pg_oversold and not rd_oversold, count=len(pg_oversold), postgres=pg_oversold,
                           redis_count=len(rd_oversold), redis=rd_oversold),
         map_version=map_version(active, city),
+        reconciler=Reconciliation(
+            passes=int(reconciled.get("passes", 0)), drift_repaired=int(reconciled.get("drift", 0)),
+            released=int(reconciled.get("released", 0)), reapplied=int(reconciled.get("reapplied", 0)),
+            committed=int(reconciled.get("committed", 0)),
+            last_pass_at=(datetime.fromtimestamp(reconciled["last_pass_at"], timezone.utc)
+                          if "last_pass_at" in reconciled else None)),
         assumptions=Assumptions(delivery_promise_minutes=settings.delivery_promise_minutes,
                                 courier_minutes=settings.courier_minutes,
                                 picking_minutes=clock.pick_minutes),

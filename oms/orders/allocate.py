@@ -16,12 +16,13 @@ import redis.asyncio as aioredis
 
 import routing
 from oms.config import Settings
-from oms.errors import NotFound
-from oms.infra.db import Q
+from oms.errors import NotFound, Unavailable
+from oms.infra.db import Q, connection_lost
 from oms.infra.ids import new_id
 from oms.network.directory import NodeDirectory, no_plan
 from oms.network.promise import PromiseClock
 from oms.ops import metrics
+from oms.orders.doubt import Doubt, DoubtResolver
 from oms.orders.lines import held_units, missing_units
 from oms.orders.model import WAITING, Order, OrderStatus
 from oms.orders.read import load_order
@@ -42,6 +43,7 @@ class Allocator:
         self.inventory = inventory
         self.nodes = nodes
         self.promise = PromiseClock.from_settings(settings)
+        self.doubts: DoubtResolver | None = None  # set by intake
 
     @metrics.timed_routing
     async def place(self, mode: str, lat: float, lng: float, pickup_node_id: str | None,
@@ -80,7 +82,7 @@ class Allocator:
                     lost.append(alloc.node_id)
                     exclude = exclude | {alloc.node_id}
                     break
-                reserved.append(Reserved(fid, alloc))
+                reserved.append(Reserved(fid, alloc, res.gen))
             if reserved:
                 for r in reserved:
                     self.nodes.allocated(r.alloc.node_id)
@@ -142,9 +144,19 @@ class Allocator:
             try:
                 await self.inventory.release(r.alloc.node_id, r.fulfillment_id)
             except aioredis.RedisError:
-                log.exception("could not release reservation %s at %s; rebuild-inventory will", r.fulfillment_id, r.alloc.node_id)
+                log.exception("could not release reservation %s at %s; the reconciler will", r.fulfillment_id, r.alloc.node_id)
 
-
+    async def confirm_all(self, reserved: list[Reserved]) -> None:
+        """After the write committed: put back any reservation a Redis rebuild lost meanwhile."""
+        for r in reserved:
+            try:
+                if await self.inventory.confirm(r.alloc.node_id, r.fulfillment_id,
+                                                [(l.sku, l.quantity) for l in r.alloc.lines], r.gen):
+                    log.warning("reservation %s at %s was lost by a Redis rebuild; put back",
+                                r.fulfillment_id, r.alloc.node_id)
+            except aioredis.RedisError:
+                log.exception("could not confirm reservation %s at %s; the reconciler will",
+                              r.fulfillment_id, r.alloc.node_id)
 
     async def allocate_existing(self, order_id: str, cause: str) -> Order:
         """Route and reserve what an order still waits for: all of it when unpaid until now or
@@ -191,11 +203,17 @@ class Allocator:
                                   for r in reserved],
                 }, backorder_reason=plan.reason, why=why or None)
         except BaseException as exc:
+            if reserved and isinstance(exc, Exception) and connection_lost(exc) and self.doubts is not None:
+                # lost at COMMIT: maybe kept. Keep the stock until PostgreSQL says (oms.orders.doubt)
+                self.doubts.hold(Doubt(order_id, reserved, new_order=False))
+                raise Unavailable("the connection to PostgreSQL was lost while the allocation was being "
+                                  "stored; whether it was kept is being checked: retry in a moment") from exc
             await self.release_all(reserved)
             if isinstance(exc, _Stale):
                 async with self.pool.acquire() as conn:
                     return await load_order(conn, order_id, clock=self.promise), False
             raise
+        await self.confirm_all(reserved)
         metrics.order_outcome(row["channel"], new_status)
         async with self.pool.acquire() as conn:
             return await load_order(conn, order_id, clock=self.promise), bool(reserved)

@@ -4,6 +4,8 @@
     check references, decide, place         -> reserve in Redis, all lines per node or none
     write order, lines, fulfilments, reservations, history in one PostgreSQL transaction
     on a failed write: release the reservations, answer 503 so the caller retries
+    on a write in doubt (connection lost at COMMIT): keep them and the claim, read the order
+    back once PostgreSQL answers (oms.orders.doubt), answer 503 unless that is known at once
 An order no node can serve is written as `backordered` with the reason, never dropped.
 """
 
@@ -20,9 +22,10 @@ import redis.asyncio as aioredis
 
 from oms.channels.shops import default_shop_id
 from oms.config import Settings
-from oms.errors import Unavailable, UnknownReference
+from oms.errors import InvalidInput, Unavailable, UnknownReference, WriteInDoubt
 from oms.infra.db import Q
 from oms.infra.ids import id_age_s, new_id
+from oms.infra.text import find_bad_text
 from oms.network.promise import PromiseClock
 from oms.ops import metrics
 from oms.orders import claims, decide
@@ -30,6 +33,7 @@ from oms.orders.allocate import Allocator
 from oms.orders.cancel import cancel_order
 from oms.orders.decide import ChannelAction
 from oms.orders.lines import line_states
+from oms.orders.doubt import Doubt, DoubtResolver
 from oms.orders.model import (
     ChannelStatus,
     DeliveryMode,
@@ -51,6 +55,8 @@ log = logging.getLogger("oms.intake")
 
 #: how long a duplicate waits for the request that holds the order's claim
 _WAIT_FOR_HOLDER_S = 10
+#: how long a request whose write is in doubt waits for the read-back before answering 503
+_WAIT_FOR_DOUBT_S = 1.0
 
 
 class _Decision(msgspec.Struct, kw_only=True):
@@ -78,6 +84,11 @@ class IntakeService:
         self.skus = skus
         self.writer = writer
         self.promise = allocator.promise
+        self.doubts = DoubtResolver(pool, redis, allocator.release_all, allocator.confirm_all)
+        allocator.doubts = self.doubts
+
+    async def close(self) -> None:
+        await self.doubts.close()
 
     # ---- entry point -------------------------------------------------------------------
     async def submit(self, order: NormalizedOrder, *, cause: str, strict: bool = True) -> tuple[Order, bool]:
@@ -109,20 +120,24 @@ class IntakeService:
         # queued in this turn of the loop, so they share a pipeline with other requests' commands)
         await self.nodes.refresh()
         cands, skus = self._likely_reads(order)
-        claim = self.inventory.batch.command("SET", key, order_id, "NX", "EX", claims.CLAIM_TTL_S)
+        holder = claims.claim_value(order_id, self.inventory.owner)
+        claim = self.inventory.batch.command("SET", key, holder, "NX", "EX", claims.CLAIM_TTL_S)
         try:
             prefetched = await self.inventory.available(cands, skus) if cands else None
         except BaseException:
             # the reads failed: a claim that went through must not hold the order for 30 s
             if (await asyncio.gather(claim, return_exceptions=True))[0] == b"OK":
-                await claims.drop_claim(self.redis, key, order_id)
+                await claims.drop_claim(self.redis, key, holder)
             raise
         if not await claim:
             return None
         try:
-            view, created = await asyncio.shield(self._create(order, order_id, cause, strict, prefetched))
+            view, created = await asyncio.shield(self._create(order, order_id, cause, strict, prefetched,
+                                                              (key, holder)))
+        except WriteInDoubt:
+            raise  # the claim stays until the read-back says whether the order was kept
         except BaseException:
-            await claims.drop_claim(self.redis, key, order_id)
+            await claims.drop_claim(self.redis, key, holder)
             raise
         if not created:  # stored before under another id (a claim lost with a Redis flush)
             await self.redis.set(key, view.id, ex=claims.CLAIM_TTL_S)
@@ -134,14 +149,16 @@ class IntakeService:
         deadline = time.monotonic() + _WAIT_FOR_HOLDER_S
         while time.monotonic() < deadline:
             val = await self.redis.get(key)
-            oid = val.decode() if val else await self.pool.fetchval(
-                Q["order_id_by_external"], order.channel, order.external_id)
+            oid, worker = claims.parse_claim(val) if val else (await self.pool.fetchval(
+                Q["order_id_by_external"], order.channel, order.external_id), None)
             if oid is None:
                 return None
             if await self.pool.fetchval(Q["order_exists"], oid):
                 return oid
-            if id_age_s(oid) > claims.ORPHAN_CLAIM_S:  # its holder died before writing: take over
-                await claims.drop_claim(self.redis, key, oid)
+            # its holder died before writing: take over once the reconciler has settled what it
+            # reserved (or, without a reconciler, once the claim is old)
+            if (worker and await claims.holder_settled(self.redis, worker)) or id_age_s(oid) > claims.ORPHAN_CLAIM_S:
+                await claims.drop_claim(self.redis, key, val.decode() if val else oid)
             await asyncio.sleep(0.02)
         raise Unavailable("the same order is still being processed by another request; retry")
 
@@ -176,21 +193,38 @@ class IntakeService:
         return self.nodes.candidates(request), sorted({l.sku for l in order.lines})
 
     async def _create(self, order: NormalizedOrder, order_id: str, cause: str, strict: bool,
-                      prefetched: dict[str, dict[str, int]] | None = None) -> tuple[Order, bool]:
+                      prefetched: dict[str, dict[str, int]] | None = None,
+                      claim: tuple[str, str] | None = None) -> tuple[Order, bool]:
         now = datetime.now(timezone.utc)
         decision = await self._decide(order, strict, now, prefetched)
         rows = _new_order_rows(order, order_id, decision, cause, now)
         try:
             created = await self.writer.write(rows)
+        except WriteInDoubt:
+            self.doubts.hold(Doubt(order_id, decision.reserved, claim=claim))
+            kept = await self.doubts.settled(order_id, _WAIT_FOR_DOUBT_S)
+            if kept is None:
+                raise
+            if not kept:
+                raise Unavailable("the order could not be stored; nothing was kept, retry") from None
+            return _view_of_new(order, order_id, decision, now, self.promise,
+                                self._queue_places(decision.reserved)), True
         except Exception as exc:
             await self.allocator.release_all(decision.reserved)
-            log.error("order write failed for %s/%s: %s", order.channel, order.external_id, exc)
+            log.error("order write failed for %s/%s: %r", order.channel, order.external_id, exc)
+            if isinstance(exc, (asyncpg.DataError, UnicodeError)):
+                bad = find_bad_text(msgspec.to_builtins(order))
+                if bad:  # text PostgreSQL cannot store (a worker's order: HTTP checks at the edge)
+                    raise InvalidInput(f"{bad[0]}: {bad[1]}", field=bad[0]) from None
             raise Unavailable("the order could not be stored; nothing was kept, retry") from exc
-        if not created:  # it existed already (claim lost with a Redis flush): keep the stored one
-            await self.allocator.release_all(decision.reserved)
+        if not created:
             oid = await self.pool.fetchval(Q["order_id_by_external"], order.channel, order.external_id)
-            async with self.pool.acquire() as conn:
-                return await load_order(conn, oid, clock=self.promise), False
+            if oid != order_id:  # it existed already (claim lost with a Redis flush): keep the stored one
+                await self.allocator.release_all(decision.reserved)
+                async with self.pool.acquire() as conn:
+                    return await load_order(conn, oid, clock=self.promise), False
+            # ours: a batch that lost its connection had kept it before the one-by-one retry
+        await self.allocator.confirm_all(decision.reserved)
         return _view_of_new(order, order_id, decision, now, self.promise, self._queue_places(decision.reserved)), True
 
     def _queue_places(self, reserved: list[Reserved]) -> list[tuple[int, int]]:

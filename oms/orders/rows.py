@@ -96,6 +96,8 @@ class Reserved(msgspec.Struct, frozen=True):
 
     fulfillment_id: str
     alloc: Allocation
+    #: the node's generation in Redis when reserved (oms.stock.inventory): a rebuild since shows
+    gen: str = ""
 
 
 def fulfillment_rows(order_id: str, reserved: Sequence[Reserved], now: datetime

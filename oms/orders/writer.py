@@ -3,6 +3,11 @@
 One PostgreSQL round trip per table per batch instead of per order keeps intake fast under a
 stampede, while each caller still awaits its own durable commit before it answers. A batch that
 fails is retried order by order, so one bad order fails alone.
+
+A batch whose connection is lost while its statement runs (during or after the implicit COMMIT)
+may have been kept: its callers get WriteInDoubt, never a plain failure, so nobody releases
+stock an order may hold. An order the batch did keep shows on the retry as already there
+under its own id, which the caller recognises as its own.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from collections import deque
 import asyncpg
 import msgspec
 
-from oms.infra.db import Q
+from oms.errors import WriteInDoubt
+from oms.infra.db import Q, connection_lost
 from oms.orders.rows import NewOrderRows
 
 
@@ -40,11 +46,15 @@ class OrderWriter:
                 batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
                 try:
                     inserted = await self._write_batch([rows for rows, _ in batch])
-                except Exception:
+                except Exception as batch_exc:  # noqa: BLE001 - retried one by one
+                    doubt = isinstance(batch_exc, WriteInDoubt)
                     for rows, fut in batch:
                         try:
                             ok = (await self._write_batch([rows]))[0]
                         except Exception as exc:  # noqa: BLE001 - handed to the caller
+                            if doubt and not isinstance(exc, WriteInDoubt):  # the batch may have kept it
+                                exc = WriteInDoubt(_DOUBT)
+                                exc.__cause__ = batch_exc
                             _resolve(fut, exc=exc)
                         else:
                             _resolve(fut, ok)
@@ -62,9 +72,18 @@ class OrderWriter:
             [t for rows in batch for t in rows.reservations],
             [t for rows in batch for t in rows.history],
         ]).decode()
-        async with self.pool.acquire() as conn:
-            inserted = {r["id"] for r in await conn.fetch(Q["orders_write_batch"], doc)}
+        async with self.pool.acquire() as conn:  # a failure to connect: nothing was sent
+            try:
+                inserted = {r["id"] for r in await conn.fetch(Q["orders_write_batch"], doc)}
+            except Exception as exc:
+                if connection_lost(exc):
+                    raise WriteInDoubt(_DOUBT) from exc
+                raise
         return [rows.order_id in inserted for rows in batch]
+
+
+_DOUBT = ("the connection to PostgreSQL was lost while the order was being stored; whether it was "
+          "kept is being checked: retry in a moment (a retry finds the order if it was)")
 
 
 def _resolve(fut: asyncio.Future[bool], ok: bool = False, exc: BaseException | None = None) -> None:

@@ -22,3 +22,17 @@ update stock set on_hand = greatest(on_hand + $3, 0), updated_at = now()
 insert into stock (node_id, sku, on_hand)
 select * from unnest($1::text[], $2::text[], $3::int[])
 on conflict (node_id, sku) do update set on_hand = excluded.on_hand, updated_at = now();
+
+-- name: stock_of_nodes
+-- On-hand of some nodes (primary key (node_id, sku)), for rebuilding them in Redis.
+select node_id, sku, on_hand from stock where node_id = any($1::text[]);
+
+-- name: reservations_open_of_nodes
+-- Open reservations at some nodes (index reservations_open), for rebuilding them in Redis.
+select node_id, sku, fulfillment_id, quantity from reservations
+ where state = 'reserved' and node_id = any($1::text[]);
+
+-- name: reservations_by_fulfillments
+-- Every reservation row of some fulfilments, whatever its state (primary key), for the reconciler.
+select fulfillment_id, node_id, sku, quantity, state from reservations
+ where fulfillment_id = any($1::text[]);

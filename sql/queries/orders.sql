@@ -170,3 +170,7 @@ select id, status, delivery_mode, promised_by from orders
 -- name: order_escalate
 -- Mark an order escalated once; nothing when it already was.
 update orders set escalated_at = $2 where id = $1 and escalated_at is null returning id;
+
+-- name: orders_existing
+-- Which of these order ids are stored (primary key): reading back writes whose outcome is in doubt.
+select id from orders where id = any($1::text[]);

@@ -1,6 +1,7 @@
 -- Hand-over: the reserved units leave the building, so on-hand and reserved both go down
 -- (available does not move: those units were already not available).
--- KEYS[1] on-hand hash, KEYS[2] reserved hash, KEYS[3] the reservation's record (all {node})
+-- KEYS[1] on-hand hash, KEYS[2] reserved hash, KEYS[3] the reservation's record,
+-- KEYS[4] the node's record index (all {node}); ARGV[1] fulfilment id
 -- Returns units committed (0 when the record is gone: already committed or released).
 local rec = redis.call('HGETALL', KEYS[3])
 local units = 0
@@ -11,4 +12,5 @@ for i = 1, #rec, 2 do
   units = units + qty
 end
 redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return units
