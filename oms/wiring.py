@@ -55,7 +55,8 @@ class Services:
         # the group-commit statement is one big CTE: planning it afresh for every batch costs
         # more than running it, so its connections keep one generic plan; they run nothing else,
         # so they skip the reset round trip on release
-        write_pool = await db.create_pool(db_url, 3, server_settings={"plan_cache_mode": "force_generic_plan"},
+        write_pool = await db.create_pool(db_url, 3, server_settings={"plan_cache_mode": "force_generic_plan",
+                                                                   "application_name": "oms-writer"},
                                           reset_on_release=False)
         # one Redis on a blocking pool (a burst waits for a connection instead of failing), or a
         # RedisCluster for a `redis+cluster://` URL

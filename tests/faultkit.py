@@ -32,7 +32,9 @@ class PgProxy:
     lost on the way in (the write was not kept). Either way the client cannot tell which.
     """
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, only_app: str | None = None) -> None:
+        #: cut only connections whose StartupMessage names this application_name (e.g. the writer's)
+        self.only_app = only_app
         parts = urlsplit(database_url)
         q = parse_qs(parts.query)
         self.unix = None
@@ -78,7 +80,11 @@ class PgProxy:
         return await asyncio.open_connection(*self.target)
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
-        sreader, swriter = await self._open()
+        try:
+            sreader, swriter = await self._open()
+        except OSError:  # PostgreSQL is down: so is this connection
+            cwriter.close()
+            return
         self._conns.update((cwriter, swriter))
 
         def cut() -> None:
@@ -90,19 +96,25 @@ class PgProxy:
             for w in (cwriter, swriter):
                 w.transport.abort()
 
+        target = [self.only_app is None]
+
         async def client_to_server() -> None:
             started = False
             while True:
                 if not started:  # StartupMessage: length-prefixed, no type byte
                     head = await creader.readexactly(4)
                     body = await creader.readexactly(struct.unpack("!I", head)[0] - 4)
+                    if self.only_app is not None:
+                        params = body[4:].split(b"\x00")
+                        named = dict(zip(params[0::2], params[1::2]))
+                        target[0] = named.get(b"application_name") == self.only_app.encode()
                     swriter.write(head + body)
                     started = True
                     continue
                 kind = await creader.readexactly(1)
                 head = await creader.readexactly(4)
                 body = await creader.readexactly(struct.unpack("!I", head)[0] - 4)
-                if self.mode == "before_execute" and kind in (b"B", b"Q"):
+                if self.mode == "before_execute" and target[0] and kind in (b"B", b"Q"):
                     cut()
                     return
                 swriter.write(kind + head + body)
@@ -114,7 +126,7 @@ class PgProxy:
                 kind = await sreader.readexactly(1)
                 head = await sreader.readexactly(4)
                 body = await sreader.readexactly(struct.unpack("!I", head)[0] - 4)
-                if self.mode == "after_commit":
+                if self.mode == "after_commit" and target[0]:
                     if kind == b"C":
                         completed = True
                     elif kind == b"Z" and completed:  # the server committed; the client never hears it
@@ -179,7 +191,15 @@ class Serve:
     def workers(self) -> list[int]:
         """Pids of the worker processes (children of the serving process)."""
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return sorted(int(p) for p in out.split())
+        pids = []
+        for pid in sorted(int(p) for p in out.split()):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in cmd:  # multiprocessing's helper, not a worker
+                pids.append(pid)
+        return pids
 
     def output(self) -> str:
         self.log.flush()

@@ -17,7 +17,7 @@ from oms.orders.writer import OrderWriter
 
 import msgspec
 
-LAT, LNG = 31.2304, 121.4737
+LAT, LNG = 30.2741, 120.1551  # Hangzhou: away from the other tests' Shanghai stores
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ async def test_connection_cut_after_commit_keeps_the_order_once_with_its_reserva
     node = await world.node("doubt", LAT, LNG)
     sku = await world.sku("doubt")
     await world.stock(node, sku, 3)
-    body = world.order("doubt-1", [(sku, 2)])
+    body = world.order("doubt-1", [(sku, 2)], lat=LAT, lng=LNG)
 
     proxy.arm("after_commit", times=cuts)
     first = await submit(intake, body)
@@ -86,7 +86,7 @@ async def test_connection_cut_after_commit_keeps_the_order_once_with_its_reserva
     again, created = await intake.submit(msgspec.convert(body, NormalizedOrder), cause="retry")
     assert again.id == stored[0]["id"] and not created and again.status == "allocated"
     # one more unit is all there is: a second one would be an oversell
-    other = (await world.post_order(world.order("doubt-2", [(sku, 2)]))).json()
+    other = (await world.post_order(world.order("doubt-2", [(sku, 2)], lat=LAT, lng=LNG))).json()
     assert sum(l["quantity"] for f in other["fulfillments"] for l in f["lines"]) == 1, other
     await assert_in_step(services, node, sku, 3)
 
@@ -96,7 +96,7 @@ async def test_connection_cut_before_the_statement_ran_releases_and_the_retry_cr
     node = await world.node("doubt-lost", LAT, LNG)
     sku = await world.sku("doubt-lost")
     await world.stock(node, sku, 2)
-    body = world.order("doubt-lost-1", [(sku, 2)])
+    body = world.order("doubt-lost-1", [(sku, 2)], lat=LAT, lng=LNG)
 
     proxy.arm("before_execute", times=2)  # the batch, and the writer's one-by-one retry of it
     first = await submit(intake, body)
@@ -118,7 +118,7 @@ async def test_while_postgres_cannot_answer_the_reservation_stays_and_the_claim_
     node = await world.node("doubt-wait", LAT, LNG)
     sku = await world.sku("doubt-wait")
     await world.stock(node, sku, 1)
-    body = world.order("doubt-wait-1", [(sku, 1)])
+    body = world.order("doubt-wait-1", [(sku, 1)], lat=LAT, lng=LNG)
 
     real = intake.doubts.resolve_once
     calls = 0
@@ -136,7 +136,7 @@ async def test_while_postgres_cannot_answer_the_reservation_stays_and_the_claim_
     assert isinstance(first, WriteInDoubt)
     # meanwhile: the unit stays reserved (no oversell to another order) ...
     assert (await services.inventory.available([node], [sku]))[node][sku] == 0
-    rival = (await world.post_order(world.order("doubt-wait-2", [(sku, 1)]))).json()
+    rival = (await world.post_order(world.order("doubt-wait-2", [(sku, 1)], lat=LAT, lng=LNG))).json()
     assert rival["status"] == "backordered"
     # ... and a retry of the same order finds it once PostgreSQL says it was kept
     for _ in range(100):

@@ -17,7 +17,7 @@ from oms.infra import embedded
 from oms.stock import inventory
 from oms.wiring import Services
 
-LAT, LNG = 31.2304, 121.4737
+LAT, LNG = 30.2741, 120.1551  # Hangzhou: away from the other tests' Shanghai stores
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
@@ -31,7 +31,7 @@ async def test_a_flushed_node_is_rebuilt_before_anything_is_reserved_or_set_ther
     node = await world.node("fence", LAT, LNG)
     sku = await world.sku("fence")
     await world.stock(node, sku, 5)
-    first = (await world.post_order(world.order("fence-1", [(sku, 3)]))).json()
+    first = (await world.post_order(world.order("fence-1", [(sku, 3)], lat=LAT, lng=LNG))).json()
     assert first["status"] == "allocated"
 
     session = await services.redis.get("oms:test-session")
@@ -42,7 +42,7 @@ async def test_a_flushed_node_is_rebuilt_before_anything_is_reserved_or_set_ther
     level = await world.stock(node, sku, 5)
     assert (level["reserved"], level["available"]) == (3, 2)
     # and an order for 3 more is not given stock that is promised to the first
-    second = (await world.post_order(world.order("fence-2", [(sku, 3)]))).json()
+    second = (await world.post_order(world.order("fence-2", [(sku, 3)], lat=LAT, lng=LNG))).json()
     got = sum(l["quantity"] for f in second["fulfillments"] for l in f["lines"])
     assert got <= 2
     assert await services.inventory.snapshot([node]) == await pg_levels(services, node)

@@ -13,7 +13,7 @@ import pytest
 
 from oms.infra.text import find_bad_text
 
-LAT, LNG = 31.2304, 121.4737
+LAT, LNG = 30.2741, 120.1551  # Hangzhou: away from the other tests' Shanghai stores
 NUL = "a\u0000b"
 SURROGATE = "a\ud800b"
 
@@ -58,7 +58,7 @@ async def shop(world, client):
     node = await world.node("txt", LAT, LNG)
     sku = await world.sku("txt-sku")
     await world.stock(node, sku, 5)
-    order = (await world.post_order(world.order("txt-1", [(sku, 1)]))).json()
+    order = (await world.post_order(world.order("txt-1", [(sku, 1)], lat=LAT, lng=LNG))).json()
     token = (await client.post(f"/nodes/{node}/tokens", json={"label": "till"})).json()["token"]
     return node, sku, order, token
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import redis.asyncio as aioredis
 
@@ -37,7 +38,8 @@ def reconciled_key(worker: str) -> str:
 class Liveness:
     def __init__(self, redis: aioredis.Redis, worker_id: str | None = None) -> None:
         self.redis = redis
-        self.worker_id = worker_id or new_id("w")
+        # the pid shows in logs and lets an operator (or a test) find the process
+        self.worker_id = worker_id or f"w{os.getpid()}.{new_id('')[-6:]}"
         self._task: asyncio.Task | None = None
 
     async def beat(self) -> None:

@@ -212,15 +212,12 @@ class Reconciler:
         by_node: dict[str, list[str | int]] = defaultdict(list)
         for (n, sku), (_, want) in confirmed.items():
             by_node[n] += [sku, want]
+        await self.redis.script_load(self._repair.script)  # Redis may have lost it (flush, restart)
         pipe = self.redis.pipeline(transaction=False)
         for n in nodes:
             pipe.evalsha(self._repair.sha, 4, onhand_key(n), reserved_key(n), avail_key(n), holders_key(n),
                          record_prefix(n), *by_node.get(n, []))
-        try:
-            results = await pipe.execute()
-        except aioredis.exceptions.NoScriptError:
-            await self._repair.registered_client.script_load(self._repair.script)
-            results = await pipe.execute()
+        results = await pipe.execute()
         for n, fixed in zip(nodes, results):
             if int(fixed) > 0:
                 report.drift += int(fixed)
