@@ -39,9 +39,9 @@ async def _orders(url: str, n: int, concurrency: int, n_nodes: int, label: str, 
     inv = Inventory(r)
     run = random.randbytes(3).hex()
     nodes = [f"bn{i}-{run}" for i in range(n_nodes)]
-    for node in nodes:
-        for s in range(5):
-            await inv.set_on_hand(node, f"s{s}", 10**9)
+    # installed with their generation marker, as a rebuild from PostgreSQL does (oms/stock/fence.py)
+    await inventory.install(r, {node: inventory.NodeStock(on_hand={f"s{s}": 10**9 for s in range(5)})
+                                for node in nodes}, inventory.new_generation())
     await inv.batch.load_scripts()
     queue = iter(range(n))
 

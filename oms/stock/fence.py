@@ -120,14 +120,14 @@ class Fence:
         await inventory.install(self.redis, first, "")
         await asyncio.sleep(self.settle_s)
         second = await inventory.stock_of_nodes(conn, list(first))
-        pipe = self.redis.pipeline(transaction=False)
-        added = 0
+        calls = []
         for node, st in second.items():
             before = first.get(node, NodeStock()).records
-            for fid, lines in st.records.items():
-                if fid not in before:
-                    added += 1
-                    reapply(pipe, node, fid, lines)
+            calls += [reapply(node, fid, lines) for fid, lines in st.records.items() if fid not in before]
+        added = len(calls)
+        await inventory.run_scripts(self.redis, _CONFIRM, calls)
+        pipe = self.redis.pipeline(transaction=False)
+        for node in second:
             pipe.hset(avail_key(node), GEN_FIELD, inventory.new_generation())
         await pipe.execute()
         if added:
@@ -161,13 +161,14 @@ class Fence:
 _CONFIRM = inventory.script("confirm")
 
 
-def reapply(pipe, node: str, fid: str, lines: dict[str, int]) -> None:  # noqa: ANN001 - pipeline
-    """Queue putting back a reservation PostgreSQL holds and Redis lacks (no-op when it has it)."""
+def reapply(node: str, fid: str, lines: dict[str, int]) -> tuple[list[str], list[str | int]]:
+    """(keys, args) of putting back a reservation PostgreSQL holds and Redis lacks (no-op when it
+    has it), for `inventory.run_scripts(redis, _CONFIRM, ...)`."""
     argv: list[str | int] = ["*", "pg", fid]
     for sku, qty in sorted(lines.items()):
         argv += [sku, qty]
-    pipe.eval(_CONFIRM, 4, inventory.avail_key(node), inventory.reserved_key(node),
-              inventory.record_key(node, fid), inventory.holders_key(node), *argv)
+    return [inventory.avail_key(node), inventory.reserved_key(node), inventory.record_key(node, fid),
+            inventory.holders_key(node)], argv
 
 
 async def _unlock(redis: aioredis.Redis, key: str, token: str) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from oms.errors import StockFenced
@@ -295,11 +296,24 @@ async def stock_of_nodes(conn: asyncpg.Connection, nodes: Sequence[str] | None =
     return out
 
 
+async def run_scripts(redis: aioredis.Redis, source: str, calls: list[tuple[list[str], list[str | int]]]) -> list:
+    """Run one script for many (keys, args): one pipeline on a single Redis; on a cluster (whose
+    pipelines refuse scripts) concurrent calls, each routed to its keys' slot."""
+    if not calls:
+        return []
+    sha = await redis.script_load(source)  # Redis may have lost it (flush, restart); a cluster: every primary
+    if isinstance(redis, RedisCluster):
+        return list(await asyncio.gather(*(redis.evalsha(sha, len(k), *k, *a) for k, a in calls)))
+    pipe = redis.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    return await pipe.execute()
+
+
 async def install(redis: aioredis.Redis, nodes: dict[str, NodeStock], gen: str, *, force: bool = False) -> list[str]:
     """Write each node's keys as PostgreSQL holds them, the generation marker last; returns the
     nodes installed (without `force`, a node another process installed meanwhile is left alone)."""
-    sha = await redis.script_load(script("install"))
-    pipe = redis.pipeline(transaction=False)
+    calls = []
     order = list(nodes)
     for node in order:
         st = nodes[node]
@@ -311,8 +325,8 @@ async def install(redis: aioredis.Redis, nodes: dict[str, NodeStock], gen: str, 
             argv += [fid, len(lines)]
             for sku, qty in lines.items():
                 argv += [sku, qty]
-        pipe.evalsha(sha, 4, onhand_key(node), reserved_key(node), avail_key(node), holders_key(node), *argv)
-    done = await pipe.execute()
+        calls.append(([onhand_key(node), reserved_key(node), avail_key(node), holders_key(node)], argv))
+    done = await run_scripts(redis, script("install"), calls)
     return [n for n, ok in zip(order, done) if int(ok) == 1]
 
 

@@ -35,7 +35,7 @@ from oms.infra.db import Q
 from oms.infra.ids import id_age_s
 from oms.ops import metrics
 from oms.stock import inventory, liveness
-from oms.stock.fence import Fence, reapply
+from oms.stock.fence import _CONFIRM, Fence, reapply
 from oms.stock.inventory import (Inventory, avail_key, holders_key, onhand_key, record_key, record_prefix,
                                  reserved_key)
 
@@ -181,15 +181,14 @@ class Reconciler:
 
     async def _put_back(self, lost: list[tuple[str, str]], in_pg: dict[str, list[asyncpg.Record]],
                         report: PassReport) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        queued = []
+        queued, calls = [], []
         for node, fid in lost:
             lines = {r["sku"]: r["quantity"] for r in in_pg.get(fid, []) if r["state"] == "reserved"}
             if lines:  # still open now: Redis lost it
-                reapply(pipe, node, fid, lines)
+                calls.append(reapply(node, fid, lines))
                 queued.append((node, fid))
         if queued:
-            for (node, fid), res in zip(queued, await pipe.execute()):
+            for (node, fid), res in zip(queued, await inventory.run_scripts(self.redis, _CONFIRM, calls)):
                 if int(res) == 1:
                     report.reapplied += 1
                     log.warning("put back reservation %s at %s: open in PostgreSQL, missing in Redis", fid, node)
@@ -212,12 +211,9 @@ class Reconciler:
         by_node: dict[str, list[str | int]] = defaultdict(list)
         for (n, sku), (_, want) in confirmed.items():
             by_node[n] += [sku, want]
-        await self.redis.script_load(self._repair.script)  # Redis may have lost it (flush, restart)
-        pipe = self.redis.pipeline(transaction=False)
-        for n in nodes:
-            pipe.evalsha(self._repair.sha, 4, onhand_key(n), reserved_key(n), avail_key(n), holders_key(n),
-                         record_prefix(n), *by_node.get(n, []))
-        results = await pipe.execute()
+        results = await inventory.run_scripts(self.redis, self._repair.script, [
+            ([onhand_key(n), reserved_key(n), avail_key(n), holders_key(n)], [record_prefix(n), *by_node.get(n, [])])
+            for n in nodes])
         for n, fixed in zip(nodes, results):
             if int(fixed) > 0:
                 report.drift += int(fixed)

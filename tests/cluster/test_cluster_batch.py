@@ -95,10 +95,17 @@ async def test_reads_merge_per_node_across_shards(cluster_redis, redis_cluster):
     await asyncio.gather(*(cluster_redis.delete(inventory.avail_key(n)) for n in nodes))
 
 
+async def marked(redis, nodes) -> None:
+    """Give nodes their generation marker, as a rebuild from PostgreSQL does (oms/stock/fence.py):
+    the scripts refuse to set or reserve stock on a node Redis has not been given."""
+    await inventory.install(redis, {n: inventory.NodeStock() for n in nodes}, inventory.new_generation())
+
+
 async def test_reservations_on_every_shard_in_one_turn(cluster_redis, redis_cluster):
     uid = secrets.token_hex(3)
     nodes = [ts[0] for ts in _tags_per_master(cluster_redis, redis_cluster, f"r{uid}").values()]
     inv = Inventory(cluster_redis)
+    await marked(cluster_redis, nodes)
     for node in nodes:
         await inv.set_on_hand(node, "sku", 5)
     # a fresh cluster node knows no script: the batcher loads it there and resends
@@ -173,6 +180,7 @@ async def test_a_dead_master_fails_only_its_callers_and_serves_again_after_resta
     inv = Inventory(cluster_redis)
     nodes = {port: ts for port, ts in tags.items()}
     all_nodes = [n for ts in nodes.values() for n in ts]
+    await marked(cluster_redis, all_nodes)
     for node in all_nodes:
         await inv.set_on_hand(node, "sku", 10)
 
@@ -189,7 +197,9 @@ async def test_a_dead_master_fails_only_its_callers_and_serves_again_after_resta
     finally:
         redis_cluster.restart(victim)
 
-    # back (empty: no persistence, and no scripts): the same client serves it again
+    # back (empty: no persistence, and no scripts): the same client serves it again, once the
+    # nodes it lost are given back (the fence rebuilds them from PostgreSQL in the service)
+    await marked(cluster_redis, nodes[victim.port])
     for node in nodes[victim.port]:
         await inv.set_on_hand(node, "sku", 10)
     results = await asyncio.gather(*(inv.reserve(n, "after", [("sku", 1)]) for n in all_nodes))
@@ -210,6 +220,7 @@ async def test_failover_to_a_replica(tmp_path):
             victim = cluster.masters[0]
             mine, theirs = tags[victim.port][0], [ts[0] for p, ts in tags.items() if p != victim.port]
             inv = Inventory(r)
+            await marked(r, (mine, *theirs))
             for node in (mine, *theirs):
                 await inv.set_on_hand(node, "sku", 1000)
             await inv.reserve(mine, "before", [("sku", 1)])
