@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from oms.infra.redis_cluster_local import HOST, free_port, redis_server, start_cluster  # noqa: E402
+from oms.stock import inventory  # noqa: E402
 from oms.stock.inventory import Inventory  # noqa: E402
 from oms.stock.redis_batch import client  # noqa: E402
 
