@@ -9,6 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from oms.infra import db, embedded
+from oms.infra.db import Q
 
 from oms.stock import inventory, redis_batch
 from oms.config import Settings
@@ -72,6 +73,7 @@ class Services:
             applied = await db.migrate(conn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+            await conn.fetchval(Q["history_partitions_ensure"])
             if await inventory.ensure_in_step(conn, self.redis):
                 log.warning("Redis availability was empty or out of step with PostgreSQL: rebuilt")
         # loaded up front: a burst of first reservations all missing the script would each take

@@ -174,3 +174,7 @@ update orders set escalated_at = $2 where id = $1 and escalated_at is null retur
 -- name: orders_existing
 -- Which of these order ids are stored (primary key): reading back writes whose outcome is in doubt.
 select id from orders where id = any($1::text[]);
+
+-- name: history_partitions_ensure
+-- the next months of order_history ready before rows arrive (run at start-up; idempotent)
+select oms_history_partitions(12);
