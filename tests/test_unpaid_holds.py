@@ -138,6 +138,33 @@ def test_a_held_order_stays_created_until_paid():
     assert decide.order_status_with_lines("ship", [("cancelled", "serve")], [LineState(1, "a", 0, 0, 0)]) == "cancelled"
 
 
+def test_douyin_reduce_stock_type_and_order_expire_time_are_mapped():
+    items = dy_adapter.detail_response()["data"]["shop_order_detail"]["sku_order_list"]
+
+    def order(kinds, **over):  # noqa: ANN001, ANN202
+        lines = [dict(item, reduce_stock_type=k) if k is not None else item for item, k in zip(items, kinds)]
+        answer = dy_adapter.detail_response(sku_order_list=lines, order_status=1, main_status=1, **over)
+        return douyin_adapter.parse_order_detail_response(json.dumps(answer).encode())
+
+    assert order([1, 1]).deducts_at_order is True
+    assert order([2, 1]).deducts_at_order is True  # never hold less than Douyin took
+    assert order([2, 2]).deducts_at_order is False
+    assert order([None, None]).deducts_at_order is None  # the shop's setting decides
+    created = datetime.fromtimestamp(1718675940, timezone.utc)
+    assert order([1, 1], order_expire_time=1800).pay_by == created + timedelta(minutes=30)
+    assert order([1, 1], order_expire_time=1718677740).pay_by == created + timedelta(minutes=30)
+    assert order([1, 1]).pay_by is None  # absent: OMS_UNPAID_EXPIRY_MINUTES after it arrived
+
+
+def test_taobao_unpaid_trade_closes_at_its_timeout_action_time():
+    trade = tm_adapter.trade_json(status="WAIT_BUYER_PAY", timeout_action_time="2024-06-18 10:30:00")
+    order = tmall_adapter.parse_fullinfo_response(json.dumps(trade).encode())
+    assert order.pay_by == datetime(2024, 6, 18, 2, 30, tzinfo=timezone.utc)
+    assert order.deducts_at_order is None  # the trade does not say: the shop's setting
+    paid = tm_adapter.trade_json(timeout_action_time="2024-06-28 10:30:00")
+    assert tmall_adapter.parse_fullinfo_response(json.dumps(paid).encode()).pay_by is None
+
+
 # ------------------------------------------------------------------ published sellable counts a hold once
 
 
@@ -226,3 +253,88 @@ async def test_a_stampede_of_unpaid_orders_never_oversells(client, services, wor
         "select coalesce(sum(quantity), 0) from reservations where sku = $1 and state = 'reserved'", tea) == 10
     assert await available(services, wh, tea) == 0
     assert await redis_in_step(services, wh)
+
+
+# ------------------------------------------------------------------ Douyin, through the webhook
+
+
+async def test_an_unpaid_douyin_order_past_its_expiry_releases_its_hold(client, platform, services, world, douyin):
+    node, (tea,) = await store_with(world, ("tea", 5))
+    a = order_id()
+    douyin.put(a, unpaid_detail(a, [{"sku": tea, "qty": 2}]))
+    assert (await post_douyin(platform, [msg(100, f"m-{a}-created", a)])).content == DOUYIN_OK
+    o = await order_of(client, "douyin", a)
+    assert o["status"] == "created" and [f["status"] for f in o["fulfillments"]] == ["held"]
+    assert await available(services, node, tea) == 3
+    pay_by = await services.pool.fetchval("select pay_by from orders where id = $1", o["id"])
+    assert abs((pay_by - utcnow()).total_seconds() - (1800 - 120)) < 30  # create_time + order_expire_time
+
+    assert o["id"] not in await expire_unpaid(services, utcnow() + timedelta(minutes=20))  # still in time
+    assert await available(services, node, tea) == 3
+
+    assert o["id"] in await expire_unpaid(services, utcnow() + timedelta(minutes=29))
+    gone = await order_of(client, "douyin", a)
+    assert gone["status"] == "cancelled" and [f["status"] for f in gone["fulfillments"]] == ["cancelled"]
+    assert await available(services, node, tea) == 5 and await open_reserved(services, o["id"]) == 0
+    assert await cancel_messages(services, o["id"]) == 0  # Douyin closes it itself
+    assert gone["history"][-1]["cause"] == "timer:unpaid-expired"
+    assert await redis_in_step(services, node)
+
+    # Douyin's own close arrives later: nothing more to release
+    assert (await post_douyin(platform, [msg(106, f"m-{a}-closed", a)])).content == DOUYIN_OK
+    assert await available(services, node, tea) == 5
+
+
+async def test_an_unpaid_douyin_order_paid_before_expiry_is_allocated_at_the_same_store(client, platform, services,
+                                                                                      world, douyin):
+    node, (tea,) = await store_with(world, ("tea", 5))
+    auth = await token_of(client, node)
+    a = order_id()
+    now = int(time.time())
+    unpaid = unpaid_detail(a, [{"sku": tea, "qty": 2}])
+    unpaid["data"]["shop_order_detail"]["update_time"] = now - 30
+    paid = unpaid_detail(a, [{"sku": tea, "qty": 2}], status=105)
+    douyin.put(a, unpaid, paid)
+    assert (await post_douyin(platform, [msg(100, f"m-{a}-created", a)])).content == DOUYIN_OK
+    held = await order_of(client, "douyin", a)
+    assert held["status"] == "created"
+    (hold,) = held["fulfillments"]
+    assert (hold["node_id"], hold["status"]) == (node, "held")
+    assert held["id"] not in await picklist_orders(client, node, auth)  # not the store's work yet
+    r = await client.post(f"/stores/{node}/orders/{held['id']}/picked", headers=auth)
+    assert r.status_code == 409, r.text
+
+    assert (await post_douyin(platform, [msg(101, f"m-{a}-paid", a)])).content == DOUYIN_OK
+    o = await order_of(client, "douyin", a)
+    assert o["status"] == "allocated" and o["paid_at"] is not None
+    assert [(f["id"], f["node_id"], f["status"]) for f in o["fulfillments"]] == [(hold["id"], node, "allocated")]
+    assert [h["to_status"] for h in o["history"]] == ["created", "allocated"]
+    assert held["id"] in await picklist_orders(client, node, auth)
+    assert await available(services, node, tea) == 3 and await open_reserved(services, o["id"]) == 2
+
+    # past the expiry it paid before: the timer leaves it alone
+    assert o["id"] not in await expire_unpaid(services, utcnow() + timedelta(hours=1))
+    assert (await order_of(client, "douyin", a))["status"] == "allocated"
+    assert await redis_in_step(services, node)
+
+
+async def test_douyin_closing_an_unpaid_order_releases_its_hold(client, platform, services, world, douyin):
+    node, (tea,) = await store_with(world, ("tea", 4))
+    a = order_id()
+    douyin.put(a, unpaid_detail(a, [{"sku": tea, "qty": 3}]))
+    assert (await post_douyin(platform, [msg(100, f"m-{a}-created", a)])).content == DOUYIN_OK
+    assert await available(services, node, tea) == 1
+    assert (await post_douyin(platform, [msg(106, f"m-{a}-cancel", a)])).content == DOUYIN_OK
+    o = await order_of(client, "douyin", a)
+    assert o["status"] == "cancelled" and await available(services, node, tea) == 4
+    assert await cancel_messages(services, o["id"]) == 0
+
+
+async def test_a_douyin_order_deducting_at_payment_holds_nothing(client, platform, services, world, douyin):
+    node, (tea,) = await store_with(world, ("tea", 4))
+    a = order_id()
+    douyin.put(a, unpaid_detail(a, [{"sku": tea, "qty": 3}], reduce_stock_type=2))
+    assert (await post_douyin(platform, [msg(100, f"m-{a}-created", a)])).content == DOUYIN_OK
+    o = await order_of(client, "douyin", a)
+    assert o["status"] == "created" and o["fulfillments"] == []
+    assert await available(services, node, tea) == 4
