@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
@@ -384,6 +384,9 @@ class DouyinSkuOrder(msgspec.Struct, frozen=True, kw_only=True):
     sum_amount: int | None = None
     receive_type: int | None = None
     product_name: str | None = None
+    #: 【库存扣减方式】 1 下单减库存 (at order time), 2 支付减库存 (at payment): the official Doudian
+    #: SDK's SkuOrderListItem (order.searchList; orderDetail's items are assumed to carry it too)
+    reduce_stock_type: int | None = None
 
 
 class DouyinShopOrderDetail(msgspec.Struct, frozen=True, kw_only=True):
@@ -410,6 +413,9 @@ class DouyinShopOrderDetail(msgspec.Struct, frozen=True, kw_only=True):
     early_arrival: bool | int | None = None
     target_arrival_time: int | None = None
     store_info: DouyinStoreInfo | None = None
+    #: 订单过期时间: the SDK's example is 1800, read here as seconds after create_time (a value
+    #: that looks like Unix seconds is taken as the moment itself). Unconfirmed: no page says which.
+    order_expire_time: int | None = None
     sku_order_list: list[DouyinSkuOrder] = []
 
 
@@ -577,8 +583,37 @@ def order_from_detail(
         paid_at=from_epoch_seconds(detail.pay_time, f"{root}.pay_time"),
         promised_by=promised,
         updated_at=from_epoch_seconds(detail.update_time, f"{root}.update_time"),
+        pay_by=_expires_at(detail, root),
+        deducts_at_order=deducts_at_order(detail.sku_order_list),
         unmapped=unmapped,
     )
+
+
+#: below this, order_expire_time is a duration in seconds (1800 = 30 minutes), not a moment
+_EPOCH_FLOOR = 1_000_000_000
+
+
+def _expires_at(detail: DouyinShopOrderDetail, root: str) -> datetime | None:
+    """When Douyin closes the order unpaid (order_expire_time), or None when it does not say."""
+    value = detail.order_expire_time
+    if value is None or value == 0 or isinstance(value, bool):
+        return None
+    if value >= _EPOCH_FLOOR:
+        return from_epoch_seconds(value, f"{root}.order_expire_time")
+    created = from_epoch_seconds(detail.create_time, f"{root}.create_time")
+    if created is None or value < 0:
+        raise PayloadError(f"{root}.order_expire_time", "an expiry in seconds needs create_time, and must be > 0")
+    return created + timedelta(seconds=value)
+
+
+def deducts_at_order(items: list[DouyinSkuOrder]) -> bool | None:
+    """reduce_stock_type of the lines: True when Douyin took any line's units off its counter at
+    order time (1), False when every line deducts at payment (2), None when the lines do not say
+    (the shop's setting decides). A mixed order holds all of it: never less than Douyin took."""
+    kinds = {item.reduce_stock_type for item in items}
+    if 1 in kinds:
+        return True
+    return False if kinds == {2} else None
 
 
 def _delivery(detail: DouyinShopOrderDetail, root: str) -> tuple[DeliveryMode, str | None, datetime | None]:

@@ -116,6 +116,10 @@ class NormalizedOrder(msgspec.Struct, frozen=True, kw_only=True):
     #: an unpaid order is cancelled if not paid by then (the platform's order expiry, e.g. Douyin
     #: order_expire_time); without it, OMS_UNPAID_EXPIRY_MINUTES after it arrived
     pay_by: datetime | None = None
+    #: the platform took the units off its own counter when the order was placed (Douyin
+    #: reduce_stock_type 1, Taobao 拍下减库存): an unpaid order holds them until paid or expired.
+    #: None: the platform did not say; the shop's `deducts_at_order` setting decides
+    deducts_at_order: bool | None = None
     #: lines the adapter could not map to a merchant SKU: backordered with this reason
     unmapped: list[str] = msgspec.field(default_factory=list)
     #: the shop (account on the platform) it came through; None: the channel's default shop

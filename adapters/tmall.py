@@ -71,7 +71,7 @@ RELAY_MAX_SKEW = timedelta(minutes=10)
 FULLINFO_FIELDS = (
     "tid,tid_str,status,type,payment,total_fee,post_fee,discount_fee,created,pay_time,modified,"
     "end_time,shipping_type,receiver_name,receiver_mobile,receiver_state,receiver_city,"
-    "receiver_district,receiver_town,receiver_address,oaid,orders"
+    "receiver_district,receiver_town,receiver_address,oaid,timeout_action_time,orders"
 )
 
 
@@ -351,6 +351,10 @@ class TopTrade(msgspec.Struct, frozen=True, kw_only=True):
     receiver_town: str | None = None
     receiver_address: str | None = None
     oaid: str | None = None
+    #: 订单超时到期时间 (SDK copies): read as when Taobao closes a WAIT_BUYER_PAY trade unpaid.
+    #: Unconfirmed [I]; the trade says nothing of 拍下减库存 (an item property, `sub_stock`), so
+    #: whether an unpaid Taobao order holds stock is the shop's `deducts_at_order` setting.
+    timeout_action_time: str | None = None
     orders: list[TopOrder] | TopOrders = []
 
 
@@ -445,5 +449,7 @@ def order_from_trade(trade: TopTrade, *, sku_map: Mapping[str, str] = EMPTY_SKU_
         created_at=parse_optional_platform_time(trade.created, f"{root}.created"),
         paid_at=parse_optional_platform_time(trade.pay_time, f"{root}.pay_time"),
         updated_at=parse_optional_platform_time(trade.modified, f"{root}.modified"),
+        pay_by=(parse_optional_platform_time(trade.timeout_action_time, f"{root}.timeout_action_time")
+                if status is ChannelStatus.UNPAID else None),
         unmapped=unmapped,
     )

@@ -94,6 +94,13 @@ def default_shop_id(channel: Channel | str) -> str | None:
     return value if value in {c.value for c in SHOP_CHANNELS} else None
 
 
+async def deducts_at_order(pool: asyncpg.Pool, shop_id: str | None, channel: Channel | str) -> bool:
+    """Is the shop set to deduct at order time (its unpaid orders hold their units)? The order's
+    shop, else its channel's default shop; an order from no shop holds nothing."""
+    sid = shop_id or default_shop_id(channel)
+    return bool(sid and await pool.fetchval(Q["shop_deducts_at_order"], sid))
+
+
 # ---- credentials and URLs ----------------------------------------------------------------------
 def _root(url: str, suffix: str) -> str:
     return url[: -len(suffix)] if url.endswith(suffix) else url

@@ -24,7 +24,7 @@ from oms.network.promise import PromiseClock
 from oms.ops import metrics
 from oms.orders.doubt import Doubt, DoubtResolver
 from oms.orders.lines import held_units, missing_units
-from oms.orders.model import WAITING, Order, OrderStatus
+from oms.orders.model import WAITING, FulfillmentStatus, Order, OrderStatus
 from oms.orders.read import load_order
 from oms.orders.rows import Reserved, columns, fulfillment_rows
 from oms.stock.inventory import Inventory
@@ -162,7 +162,8 @@ class Allocator:
         """Route and reserve what an order still waits for: all of it when unpaid until now or
         backordered, the missing units when partially allocated (same node preference and split
         rules; nodes that turned the order down are avoided). Units still unserved keep waiting
-        with routing's reason."""
+        with routing's reason. An order paid now turns its hold (if it had one) into the
+        allocation: the same fulfilments, at the same nodes, now on their pick lists."""
         order, _ = await self._allocate(order_id, cause)
         return order
 
@@ -176,9 +177,12 @@ class Allocator:
                 return await load_order(conn, order_id, clock=self.promise), False  # allocated meanwhile: nothing to do
             missing = await _missing(conn, order_id)
             exclude = frozenset(r["node_id"] for r in await conn.fetch(Q["store_fulfillment_nodes_rejected"], order_id))
+            held = row["status"] == OrderStatus.CREATED and any(
+                f["status"] == FulfillmentStatus.HELD for f in await conn.fetch(Q["fulfillments_by_order"], order_id))
         need = [RouteLine(sku, q) for sku, q in missing.items()]
         reserved: list[Reserved] = []
-        plan = no_plan(need, "no line can be served: every SKU is unknown")
+        plan = no_plan(need, "paid: the units held for it are allocated" if held
+                       else "no line can be served: every SKU is unknown")
         if need:
             reserved, plan = await self.place(row["delivery_mode"], row["dest_lat"], row["dest_lng"],
                                               row["pickup_node_id"], need, exclude, promised_by=row["promised_by"],
@@ -191,6 +195,9 @@ class Allocator:
                 locked = await conn.fetchrow(Q["order_by_id_for_update"], order_id)
                 if locked["status"] not in (OrderStatus.CREATED, *WAITING) or await _missing(conn, order_id) != missing:
                     raise _Stale()
+                # paid: the hold becomes the stores' work (nothing moves in Redis: already reserved)
+                confirmed = (await conn.fetch(Q["fulfillments_confirm_held"], order_id)
+                             if locked["status"] == OrderStatus.CREATED else [])
                 f_rows, r_rows = fulfillment_rows(order_id, reserved, datetime.now(timezone.utc))
                 if f_rows:
                     await conn.execute(Q["fulfillments_insert_many"], *columns(f_rows))
@@ -198,6 +205,8 @@ class Allocator:
                 why = {u.sku: u.reason for u in plan.unserved}
                 new_status = await follow(conn, order_id, cause, {
                     "plan": plan.reason,
+                    **({"held_allocated": [{"node_id": f["node_id"], "fulfillment_id": f["id"]} for f in confirmed]}
+                       if confirmed else {}),
                     "allocated": [{"node_id": r.alloc.node_id, "fulfillment_id": r.fulfillment_id,
                                    "lines": [{"sku": l.sku, "quantity": l.quantity} for l in r.alloc.lines]}
                                   for r in reserved],

@@ -33,7 +33,7 @@ from oms.stores.status import follow
 
 F = FulfillmentStatus
 #: a partial cancel takes units from the parts least far along first
-_RANK = {F.ALLOCATED: 0, F.PICKED: 1, F.READY_FOR_PICKUP: 2}
+_RANK = {F.HELD: 0, F.ALLOCATED: 0, F.PICKED: 1, F.READY_FOR_PICKUP: 2}
 
 
 class _Released(msgspec.Struct, frozen=True):

@@ -72,6 +72,15 @@ def new_order_outcome(line_status: Sequence[str], line_reason: Sequence[str | No
     return S.ALLOCATED, None
 
 
+def holds_while_unpaid(channel_status: ChannelStatus, platform_deducts: bool | None, shop_deducts: bool) -> bool:
+    """Does an order hold its units before it is paid? Only an unpaid one whose platform already
+    took them off its own counter (deducts at order time: Douyin reduce_stock_type 1, Taobao
+    拍下减库存): as the order says, else as its shop is set."""
+    if channel_status is not ChannelStatus.UNPAID:
+        return False
+    return platform_deducts if platform_deducts is not None else shop_deducts
+
+
 def unpaid_outcome(channel_status: ChannelStatus, channel: str) -> tuple[OrderStatus, str | None]:
     """The status of an order first seen in a channel status other than paid: nothing is reserved."""
     status = first_seen_status(channel_status)
@@ -139,6 +148,8 @@ def order_status_from(mode: str, fulfillments: Sequence[tuple[str, str]]) -> Ord
     act = [(F(s), r) for s, r in fulfillments if s not in GONE_FULFILLMENT]
     if not act:
         return S.BACKORDERED
+    if any(s is F.HELD for s, _ in act):
+        return S.CREATED  # unpaid: its units are only held
     if mode == "pickup":
         serve = [s for s, r in act if r != "transfer"]
         arrived = all(s is F.RECEIVED for s, r in act if r == "transfer")
@@ -168,6 +179,8 @@ def order_status_with_lines(mode: str, fulfillments: Sequence[tuple[str, str]],
     target = order_status_from(mode, fulfillments)
     if lines and not any(l.live for l in lines):
         return S.CANCELLED if target is S.BACKORDERED else target
+    if target is S.CREATED:
+        return target  # unpaid: units not held are routed once it is paid, nothing waits yet
     if target is not S.BACKORDERED and any(l.waiting for l in lines):
         return S.PARTIALLY_ALLOCATED
     return target

@@ -20,7 +20,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
-from oms.channels.shops import default_shop_id
+from oms.channels.shops import deducts_at_order, default_shop_id
 from oms.config import Settings
 from oms.errors import InvalidInput, Unavailable, UnknownReference, WriteInDoubt
 from oms.infra.db import Q
@@ -70,6 +70,8 @@ class _Decision(msgspec.Struct, kw_only=True):
     plan_reason: str | None = None
     paid_at: datetime | None = None
     promised_by: datetime | None = None
+    #: unpaid, its platform deducts at order time: the reservations are a hold
+    held: bool = False
 
 
 class IntakeService:
@@ -250,10 +252,15 @@ class IntakeService:
                       paid_at=paid_at, promised_by=self.promise.promised_by(order.promised_by, paid_at,
                                                                             order.delivery_mode))
         if order.status is not ChannelStatus.PAID:
-            # nothing to reserve: not paid yet, cancelled, or already sent by another system
+            # nothing to reserve (not paid yet, cancelled, or already sent by another system),
+            # unless its platform already took the units off its own counter: then they are held
             d.status, d.reason = decide.unpaid_outcome(order.status, order.channel)
-            return d
+            shop_deducts = (order.status is ChannelStatus.UNPAID and order.deducts_at_order is None
+                            and await deducts_at_order(self.pool, order.shop_id, order.channel))
+            if not decide.holds_while_unpaid(order.status, order.deducts_at_order, shop_deducts):
+                return d
         need = [RouteLine(l.sku, l.quantity) for i, l in enumerate(order.lines) if line_status[i] == "open"]
+        plan = None
         if pickup_problem:
             d.plan_reason = pickup_problem
         elif need:
@@ -263,10 +270,15 @@ class IntakeService:
                 prefetched=prefetched,
             )
             d.plan_reason = plan.reason
-            d.line_status, d.line_reason = decide.lines_after_plan(order.lines, line_status, line_reason,
-                                                                   d.reserved, plan)
         else:
             d.plan_reason = "; ".join(r for r in line_reason if r)
+        if order.status is not ChannelStatus.PAID:  # a hold: its lines wait for the payment, not for stock
+            d.held = True
+            d.plan_reason = f"{'held until paid' if d.reserved else 'nothing held'}: {d.plan_reason}"
+            return d
+        if plan is not None:
+            d.line_status, d.line_reason = decide.lines_after_plan(order.lines, line_status, line_reason,
+                                                                   d.reserved, plan)
         d.status, d.reason = decide.new_order_outcome(d.line_status, d.line_reason, bool(d.reserved), d.plan_reason)
         return d
 
@@ -286,6 +298,11 @@ class IntakeService:
 def _total_fen(order: NormalizedOrder) -> int:
     total = order.total_fen if order.total_fen is not None else order.lines_total_fen + order.freight_fen - order.discount_fen
     return max(total, 0)
+
+
+def _fulfillment_status(d: _Decision) -> FulfillmentStatus:
+    """An unpaid order's reservations are a hold; a paid one's are the store's work."""
+    return FulfillmentStatus.HELD if d.held else FulfillmentStatus.ALLOCATED
 
 
 def _new_order_rows(order: NormalizedOrder, order_id: str, d: _Decision, cause: str, now: datetime) -> NewOrderRows:
@@ -309,7 +326,7 @@ def _new_order_rows(order: NormalizedOrder, order_id: str, d: _Decision, cause: 
         history=[HistoryRow(order_id=order_id, from_status=None, to_status=str(d.status), cause=cause,
                             detail={"plan": d.plan_reason} if d.plan_reason else None)],
     )
-    rows.fulfillments, rows.reservations = fulfillment_rows(order_id, d.reserved, now)
+    rows.fulfillments, rows.reservations = fulfillment_rows(order_id, d.reserved, now, _fulfillment_status(d))
     return rows
 
 
@@ -332,7 +349,7 @@ def _view_of_new(order: NormalizedOrder, order_id: str, d: _Decision, now: datet
                              status=d.line_status[i], reason=d.line_reason[i], line_no=i + 1,
                              waiting=waiting[i]) for i, l in enumerate(order.lines)],
         fulfillments=[
-            Fulfillment(id=r.fulfillment_id, node_id=r.alloc.node_id, status=FulfillmentStatus.ALLOCATED,
+            Fulfillment(id=r.fulfillment_id, node_id=r.alloc.node_id, status=_fulfillment_status(d),
                         lines=[FulfillmentLine(l.sku, l.quantity) for l in r.alloc.lines],
                         role=r.alloc.role, distance_m=r.alloc.distance_m)
             for r in d.reserved

@@ -25,7 +25,9 @@ FulfillmentId = NewType("FulfillmentId", str)
 
 
 class OrderStatus(enum.StrEnum):
-    CREATED = "created"  # received, not paid yet: nothing reserved
+    #: received, not paid yet: nothing reserved, or (a platform that deducts at order time) its
+    #: units held in `held` fulfilments until paid or expired
+    CREATED = "created"
     ALLOCATED = "allocated"  # stock reserved at one or more nodes
     #: some lines are served, some wait for stock (retried like a backorder); lines say which and why
     PARTIALLY_ALLOCATED = "partially_allocated"
@@ -81,6 +83,9 @@ def check_transition(current: OrderStatus | str, new: OrderStatus | str) -> Orde
 
 
 class FulfillmentStatus(enum.StrEnum):
+    #: an unpaid order's units, reserved because its platform already took them off its own
+    #: counter (deducts at order time); not on the pick list until paid, released at its expiry
+    HELD = "held"
     ALLOCATED = "allocated"  # on the node's pick list
     PICKED = "picked"  # picked, waiting for the courier (delivery / ship / transfer)
     READY_FOR_PICKUP = "ready_for_pickup"  # picked, pickup code issued
@@ -98,6 +103,7 @@ F = FulfillmentStatus
 #: picked before handed over: `shipped` straight from `allocated` is refused (the store's
 #: `handover` call does both steps, recorded as both)
 FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] = {
+    F.HELD: frozenset({F.ALLOCATED, F.CANCELLED}),  # paid, or cancelled / expired unpaid
     F.ALLOCATED: frozenset({F.PICKED, F.READY_FOR_PICKUP, F.REJECTED, F.CANCELLED}),
     F.PICKED: frozenset({F.SHIPPED, F.READY_FOR_PICKUP, F.REJECTED, F.CANCELLED}),
     F.READY_FOR_PICKUP: frozenset({F.COLLECTED, F.CANCELLED}),
@@ -109,7 +115,8 @@ FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] =
     F.REJECTED: frozenset(),
     F.CANCELLED: frozenset(),
 }
-OPEN_FULFILLMENT = frozenset({F.ALLOCATED, F.PICKED, F.READY_FOR_PICKUP})
+#: units reserved and still ours to give back on a cancel
+OPEN_FULFILLMENT = frozenset({F.HELD, F.ALLOCATED, F.PICKED, F.READY_FOR_PICKUP})
 #: a fulfilment in one of these handed goods to the buyer (a transfer's `shipped` only moved
 #: them between our own nodes)
 HANDED_OVER_FULFILLMENT = frozenset({F.SHIPPED, F.COLLECTED, F.DELIVERED})

@@ -100,15 +100,16 @@ class Reserved(msgspec.Struct, frozen=True):
     gen: str = ""
 
 
-def fulfillment_rows(order_id: str, reserved: Sequence[Reserved], now: datetime
+def fulfillment_rows(order_id: str, reserved: Sequence[Reserved], now: datetime,
+                     status: FulfillmentStatus = FulfillmentStatus.ALLOCATED
                      ) -> tuple[list[FulfillmentRow], list[ReservationRow]]:
-    """The fulfilment and reservation rows of freshly reserved allocations."""
+    """The fulfilment and reservation rows of freshly reserved allocations (`held`: an unpaid order's)."""
     f_rows: list[FulfillmentRow] = []
     r_rows: list[ReservationRow] = []
     for r in reserved:
         ready = r.alloc.ready_in_minutes
         f_rows.append(FulfillmentRow(
-            id=r.fulfillment_id, order_id=order_id, node_id=r.alloc.node_id, status=str(FulfillmentStatus.ALLOCATED),
+            id=r.fulfillment_id, order_id=order_id, node_id=r.alloc.node_id, status=str(status),
             role=str(r.alloc.role), distance_m=r.alloc.distance_m,
             ready_by=now + timedelta(minutes=ready) if ready is not None else None))
         for l in r.alloc.lines:

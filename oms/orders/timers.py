@@ -2,7 +2,9 @@
 
     pickup expiry      ready pickups not collected within OMS_PICKUP_EXPIRY_HOURS are cancelled
     unpaid holds       `created` orders not paid by their platform's expiry (else created_at +
-                       OMS_UNPAID_EXPIRY_MINUTES) are cancelled
+                       OMS_UNPAID_EXPIRY_MINUTES) are cancelled and the units they held (a
+                       platform that deducts at order time) released; the platform closes them
+                       itself, so nothing is sent to it
     at-risk escalation one-hour orders about to miss (or past) their promise are escalated once:
                        history, log and the ops view say so
 
@@ -52,7 +54,8 @@ async def run_once(svc: Services, now: datetime | None = None, limit: int = 200)
 
 
 async def expire_unpaid(svc: Services, now: datetime, limit: int = 200) -> list[str]:
-    """Cancel unpaid orders whose hold ran out; one paid meanwhile is left alone."""
+    """Cancel unpaid orders whose hold ran out and release what they held; one paid meanwhile
+    (checked under its row lock) is left alone."""
     out = []
     for r in await svc.pool.fetch(Q["orders_unpaid_expired"], now, svc.settings.unpaid_expiry_minutes, limit):
         order = await cancel_order(svc.pool, svc.inventory, r["id"], "timer:unpaid-expired",

@@ -109,6 +109,13 @@ returning sku, quantity, node_id;
 -- name: fulfillment_set_status
 update fulfillments set status = $2, updated_at = now() where id = $1;
 
+-- name: fulfillments_confirm_held
+-- An unpaid order was paid: its held units become the stores' work, allocated as of now (index
+-- fulfillments_by_order). The reservations stay as they are: the units were reserved at the hold.
+update fulfillments set status = 'allocated', created_at = now(), updated_at = now()
+ where order_id = $1 and status = 'held'
+returning id, node_id;
+
 -- name: history_by_order
 select at, from_status, to_status, cause, detail from order_history where order_id = $1 order by id;
 

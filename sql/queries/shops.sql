@@ -22,6 +22,10 @@ on conflict do nothing;
 -- name: shop_get
 select * from shops where id = $1;
 
+-- name: shop_deducts_at_order
+-- Whether an unpaid order of this shop holds its units (primary key look-up).
+select deducts_at_order from shops where id = $1 and active;
+
 -- name: shops_all
 select * from shops order by id;
 
