@@ -5,6 +5,11 @@ GMV, backorders and store load are queries (sql/queries/ops.sql), routing p50/p9
 the Redis list every process pushes its decision times to (oms.metrics.record_routing), and
 the oversell check reads both PostgreSQL (the system of record) and Redis availability.
 
+Its cost does not grow with the day's orders: counts come from rollups that triggers keep on the
+write path (per minute and channel, per hour and SKU, per backorder kind, per node; see
+sql/migrations/017_ops_rollups.sql), and the live lists are bounded index reads (the at-risk list
+reads only the open orders due within their node's horizon, not every open fulfilment).
+
 The summary is cached in Redis for a second (SUMMARY_CACHE_MS), so a room full of wall screens
 and several workers cost PostgreSQL one set of queries per second, not one per screen.
 """
@@ -237,6 +242,13 @@ def day_start(now: datetime) -> datetime:
     return local.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def _ceil(at: datetime, step: timedelta) -> datetime:
+    """The first whole `step` (UTC) at or after `at`: where the rollups take over from a direct count."""
+    epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    steps = -((epoch - at) // step)
+    return epoch + steps * step
+
+
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -267,52 +279,48 @@ async def postgres_oversold(conn: Any) -> list[OversoldPair]:
             for r in await conn.fetch(Q["oversold_pairs"])]
 
 
-class _Open(msgspec.Struct):
-    """One open fulfilment and where it stands against its promise."""
+class Work(msgspec.Struct):
+    """Open work per node (open_picks, to_pick, picked, at_risk, late) and the at-risk fulfilments."""
 
-    fulfillment_id: str
-    order_id: str
-    node_id: str
-    status: str
-    promised_by: datetime | None
-    minutes_left: float | None
-    pick_minutes: float
-    at_risk: bool
-    late: bool
+    load: dict[str, dict[str, int]]
+    at_risk: list[AtRisk]
 
 
-async def open_work(conn: Any, clock: PromiseClock, now: datetime) -> list[_Open]:
-    """Every open fulfilment judged by the promise clock (the same rule as the order view and pick list)."""
-    out = []
-    for r in await conn.fetch(Q["promise_open_fulfillments"]):
-        left = clock.minutes_left(r["promised_by"], "allocated", now)
-        e = clock.estimate(left, r["status"], r["ahead"], r["capacity_per_hour"])
-        out.append(_Open(r["fulfillment_id"], r["order_id"], r["node_id"], r["status"], r["promised_by"],
-                         left, e.pick_minutes, e.at_risk, e.late))
-    return out
+def _horizon(clock: PromiseClock, to_pick: int, capacity_per_hour: int) -> float:
+    """Minutes ahead beyond which no open fulfilment at a node can be at risk: the last of its
+    `to_pick` queue needs to_pick picking slots and the courier (plus rounding: the clock rounds
+    minutes left and picking time to a tenth)."""
+    return clock.picking_minutes(max(to_pick, 1) - 1, capacity_per_hour) + clock.courier_minutes + 0.2
 
 
-def load_per_node(work: list[_Open]) -> dict[str, dict[str, int]]:
-    """Open picks, to pick, picked, at risk and late per node."""
+async def open_work(conn: Any, clock: PromiseClock, now: datetime, node_names: dict[str, str]) -> Work:
+    """Open picks per node from the rollup; at risk and late judged by the promise clock (the same
+    rule as the order view and pick list) over the open fulfilments due within their node's horizon."""
     load: dict[str, dict[str, int]] = {}
-    for w in work:
-        l = load.setdefault(w.node_id, dict.fromkeys(("open_picks", "to_pick", "picked", "at_risk", "late"), 0))
-        l["open_picks"] += 1
-        l["to_pick" if w.status == "allocated" else "picked"] += 1
-        l["at_risk"] += w.at_risk
-        l["late"] += w.late
-    return load
-
-
-async def at_risk_list(conn: Any, work: list[_Open], node_names: dict[str, str]) -> list[AtRisk]:
-    """The at-risk fulfilments, least time left first, with what ops needs to find the order."""
-    risky = sorted((w for w in work if w.at_risk), key=lambda w: (w.minutes_left, w.order_id))[:AT_RISK_LISTED]
-    brief = {r["id"]: r for r in await conn.fetch(Q["ops_orders_brief"], [w.order_id for w in risky])} if risky else {}
-    return [AtRisk(order_id=w.order_id, fulfillment_id=w.fulfillment_id, channel=brief[w.order_id]["channel"],
-                   external_id=brief[w.order_id]["external_id"], delivery_mode=brief[w.order_id]["delivery_mode"],
-                   node_id=w.node_id, node_name=node_names.get(w.node_id, w.node_id), status=w.status,
-                   promised_by=w.promised_by, minutes_left=w.minutes_left, pick_minutes=w.pick_minutes)
-            for w in risky if w.order_id in brief]
+    horizon: dict[str, float] = {}
+    capacity: dict[str, int] = {}
+    for r in await conn.fetch(Q["ops_node_work"]):
+        load[r["node_id"]] = {"open_picks": r["to_pick"] + r["picked"], "to_pick": r["to_pick"],
+                              "picked": r["picked"], "at_risk": 0, "late": 0}
+        horizon[r["node_id"]] = _horizon(clock, r["to_pick"], r["capacity_per_hour"])
+        capacity[r["node_id"]] = r["capacity_per_hour"]
+    risky: list[AtRisk] = []
+    rows = await conn.fetch(Q["ops_promise_candidates"], now, list(horizon), list(horizon.values()),
+                            max(horizon.values()) * 60) if horizon else []
+    for r in rows:
+        left = clock.minutes_left(r["promised_by"], "allocated", now)
+        e = clock.estimate(left, r["status"], r["ahead"], capacity[r["node_id"]])
+        l = load[r["node_id"]]
+        l["late"] += e.late
+        if not e.at_risk:
+            continue
+        l["at_risk"] += 1
+        risky.append(AtRisk(order_id=r["order_id"], fulfillment_id=r["fulfillment_id"], channel=r["channel"],
+                            external_id=r["external_id"], delivery_mode=r["delivery_mode"], node_id=r["node_id"],
+                            node_name=node_names.get(r["node_id"], r["node_id"]), status=r["status"],
+                            promised_by=r["promised_by"], minutes_left=left, pick_minutes=e.pick_minutes))
+    risky.sort(key=lambda w: (w.minutes_left, w.order_id))
+    return Work(load=load, at_risk=risky[:AT_RISK_LISTED])
 
 
 async def build_summary(services: Any, *, since: datetime | None = None, city: str | None = None,
@@ -323,18 +331,19 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
     minute0 = now.replace(second=0, microsecond=0) - timedelta(minutes=WINDOW_MINUTES - 1)
     clock = PromiseClock.from_settings(settings)
     async with services.pool.acquire() as conn:
-        channel_rows = await conn.fetch(Q["ops_channel_totals"], since)
-        minute_rows = await conn.fetch(Q["ops_orders_per_minute"], minute0)
-        backordered_open = await conn.fetchval(Q["ops_backordered_count"])
-        reasons = await conn.fetch(Q["ops_backorder_reasons"], 8)
-        recent = await conn.fetch(Q["ops_backorders_recent"], 10)
-        oos = await conn.fetch(Q["ops_top_out_of_stock"], since, 10)
-        work = await open_work(conn, clock, now)
-        load = load_per_node(work)
-        nodes = await conn.fetch(Q["nodes_all"])
-        at_risk = await at_risk_list(conn, work, {n["id"]: n["name"] for n in nodes})
-        pg_oversold = await postgres_oversold(conn)
-        stocked = await conn.fetch(Q["ops_stock_nodes"], [r["sku"] for r in oos]) if oos else []
+        await conn.execute(Q["ops_fold"])
+        # one snapshot: the rollups, the live lists and the oversell check describe the same moment
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            channel_rows = await conn.fetch(Q["ops_channel_totals"], since, _ceil(since, timedelta(minutes=1)))
+            minute_rows = await conn.fetch(Q["ops_orders_per_minute"], minute0)
+            backordered_open = await conn.fetchval(Q["ops_backordered_count"])
+            reasons = await conn.fetch(Q["ops_backorder_reasons"], 8)
+            recent = await conn.fetch(Q["ops_backorders_recent"], 10)
+            oos = await conn.fetch(Q["ops_top_out_of_stock"], since, _ceil(since, timedelta(hours=1)), 10)
+            nodes = await conn.fetch(Q["nodes_all"])
+            work = await open_work(conn, clock, now, {n["id"]: n["name"] for n in nodes})
+            pg_oversold = await postgres_oversold(conn)
+            stocked = await conn.fetch(Q["ops_stock_nodes"], [r["sku"] for r in oos]) if oos else []
     node_ids = [n["id"] for n in nodes]
     active = [n for n in nodes if n["active"]]
     rd_oversold = await redis_oversold(services.inventory, node_ids)
@@ -363,10 +372,10 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         out_of_stock=[OutOfStock(sku=r["sku"], name=r["name"], lines=r["lines"], units=r["units"], orders=r["orders"],
                                  available_now=available.get(r["sku"], 0), ran_out_at=ran_out.get(r["sku"], [])[:5],
                                  ran_out_count=len(ran_out.get(r["sku"], [])), example=r["example"]) for r in oos],
-        stores=_store_loads(active, load),
-        open_picks=sum(r["open_picks"] for r in load.values()),
-        at_risk_total=sum(r["at_risk"] for r in load.values()),
-        at_risk=at_risk,
+        stores=_store_loads(active, work.load),
+        open_picks=sum(r["open_picks"] for r in work.load.values()),
+        at_risk_total=sum(r["at_risk"] for r in work.load.values()),
+        at_risk=work.at_risk,
         routing=routing,
         oversell=Oversell(ok=not pg_oversold and not rd_oversold, count=len(pg_oversold), postgres=pg_oversold,
                           redis_count=len(rd_oversold), redis=rd_oversold),
@@ -531,10 +540,12 @@ async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
     try:
         now = datetime.now(timezone.utc)
         async with services.pool.acquire() as conn:
-            load = load_per_node(await open_work(conn, PromiseClock.from_settings(services.settings), now))
-            nodes = await conn.fetch(Q["nodes_all"])
-            backordered = await conn.fetchval(Q["ops_backordered_count"])
-            pg_oversold = await postgres_oversold(conn)
+            await conn.execute(Q["ops_fold"])
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                nodes = await conn.fetch(Q["nodes_all"])
+                load = (await open_work(conn, PromiseClock.from_settings(services.settings), now, {})).load
+                backordered = await conn.fetchval(Q["ops_backordered_count"])
+                pg_oversold = await postgres_oversold(conn)
         rd_oversold = await redis_oversold(services.inventory, [n["id"] for n in nodes])
     except Exception:
         metrics.log.exception("could not read the ops gauges")
