@@ -304,7 +304,7 @@ async def open_work(conn: Any, clock: PromiseClock, now: datetime, node_names: d
                               "picked": r["picked"], "at_risk": 0, "late": 0}
         horizon[r["node_id"]] = _horizon(clock, r["to_pick"], r["capacity_per_hour"])
         capacity[r["node_id"]] = r["capacity_per_hour"]
-    risky: list[AtRisk] = []
+    risky = []
     rows = await conn.fetch(Q["ops_promise_candidates"], now, list(horizon), list(horizon.values()),
                             max(horizon.values()) * 60) if horizon else []
     for r in rows:
@@ -312,15 +312,16 @@ async def open_work(conn: Any, clock: PromiseClock, now: datetime, node_names: d
         e = clock.estimate(left, r["status"], r["ahead"], capacity[r["node_id"]])
         l = load[r["node_id"]]
         l["late"] += e.late
-        if not e.at_risk:
-            continue
-        l["at_risk"] += 1
-        risky.append(AtRisk(order_id=r["order_id"], fulfillment_id=r["fulfillment_id"], channel=r["channel"],
-                            external_id=r["external_id"], delivery_mode=r["delivery_mode"], node_id=r["node_id"],
-                            node_name=node_names.get(r["node_id"], r["node_id"]), status=r["status"],
-                            promised_by=r["promised_by"], minutes_left=left, pick_minutes=e.pick_minutes))
-    risky.sort(key=lambda w: (w.minutes_left, w.order_id))
-    return Work(load=load, at_risk=risky[:AT_RISK_LISTED])
+        if e.at_risk:
+            l["at_risk"] += 1
+            risky.append((left, r["order_id"], e.pick_minutes, r))
+    risky.sort(key=lambda x: x[:2])
+    return Work(load=load, at_risk=[
+        AtRisk(order_id=r["order_id"], fulfillment_id=r["fulfillment_id"], channel=r["channel"],
+               external_id=r["external_id"], delivery_mode=r["delivery_mode"], node_id=r["node_id"],
+               node_name=node_names.get(r["node_id"], r["node_id"]), status=r["status"],
+               promised_by=r["promised_by"], minutes_left=left, pick_minutes=pick)
+        for left, _, pick, r in risky[:AT_RISK_LISTED]])
 
 
 async def build_summary(services: Any, *, since: datetime | None = None, city: str | None = None,
