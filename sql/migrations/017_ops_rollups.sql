@@ -103,7 +103,8 @@ create type ops_order_fact as (sign int, created_at timestamptz, channel text, s
 create type ops_line_fact as (sign int, order_id text, sku text, quantity int);
 create type ops_work_fact as (sign int, node_id text, status text);
 
-create function ops_count_orders(facts ops_order_fact[]) returns void language sql as $$
+create function ops_count_orders(facts ops_order_fact[]) returns void language plpgsql as $$
+begin
     insert into ops_minute (minute, channel, orders, gmv_fen, accepted, backordered, cancelled)
     select ops_minute_of(f.created_at), f.channel, sum(f.sign),
            sum(f.sign * ops_gmv(f.status, f.paid_at, f.total_fen)),
@@ -122,14 +123,15 @@ create function ops_count_orders(facts ops_order_fact[]) returns void language s
      where f.status = 'backordered'
      group by 1
     having sum(f.sign) <> 0;
-$$;
+end $$;
 
 -- An (order, SKU) counts in `orders` while one of its lines is backordered: the lines left now,
 -- less this statement's change, tell whether it just started or stopped counting. Lines of one
 -- order change under its row lock (oms/stores/work.py, cancel, retry), so the count read here is
 -- the one this statement left. Lines of an order being deleted were counted out before it went
 -- (ops_order_deleted), so they find no order here and are skipped.
-create function ops_count_lines(facts ops_line_fact[]) returns void language sql as $$
+create function ops_count_lines(facts ops_line_fact[]) returns void language plpgsql as $$
+begin
     with d as (
         select f.order_id, f.sku, sum(f.sign) as lines, sum(f.sign * f.quantity) as units
           from unnest(facts) f
@@ -146,9 +148,10 @@ create function ops_count_lines(facts ops_line_fact[]) returns void language sql
            sum((now_lines > 0)::int - (now_lines - lines > 0)::int)
       from c
      group by 1, 2;
-$$;
+end $$;
 
-create function ops_count_work(facts ops_work_fact[]) returns void language sql as $$
+create function ops_count_work(facts ops_work_fact[]) returns void language plpgsql as $$
+begin
     insert into ops_node_work (node_id, to_pick, picked)
     select f.node_id, sum(case when f.status = 'allocated' then f.sign else 0 end),
            sum(case when f.status = 'picked' then f.sign else 0 end)
@@ -157,7 +160,7 @@ create function ops_count_work(facts ops_work_fact[]) returns void language sql 
      group by 1
     having (sum(case when f.status = 'allocated' then f.sign else 0 end),
             sum(case when f.status = 'picked' then f.sign else 0 end)) <> (0, 0);
-$$;
+end $$;
 
 -- One function per table for its three triggers; a transition table exists only for the events
 -- that have it, hence the branches.
