@@ -3,12 +3,17 @@
     .venv/bin/python loadtests/ops_summary_bench.py [--sizes 10000,1000000] [--calls 7]
 
 Runs its own embedded servers under .oms-bench (emptied first; or uses OMS_DATABASE_URL /
-OMS_REDIS_URL / OMS_DATA_DIR as given), seeds the demo city, then fills orders spread over the
-last 24 hours straight into PostgreSQL with generate_series, 100k per statement (the API would
-take hours): every tenth a one-hour delivery from a store, the rest parcels from the warehouse
-with a 48-hour promise; 2% backordered for one of three reasons, 2.5% cancelled, the last 45
-minutes still open (to pick, picked), the rest handed over. The rollups fill the way the service
-fills them: the triggers fire on these inserts.
+OMS_REDIS_URL / OMS_DATA_DIR as given), seeds the demo city, then fills orders straight into
+PostgreSQL with generate_series, 100k per statement (the API would take hours). The rollups fill
+the way the service fills them: the triggers fire on these inserts.
+
+- The day: orders spread over the last 24 hours, every tenth a one-hour delivery from a store, the
+  rest parcels from the warehouse with a 48-hour promise; 2% backordered for one of three
+  reasons, 2.5% cancelled, the rest handed over.
+- The live work, the same at every size (--live, default 3,000): open orders of the last 45
+  minutes, to pick or picked, with their reservations. What is open at once depends on what the
+  network picks per hour, not on how many orders the day has had; the at-risk list and the
+  oversell check read it (bounded by index), so it is held constant to measure the day's volume.
 
 At each size it prints the summary's computation time (median of --calls calls of build_summary,
 the Redis cache bypassed; the first call, which folds what the fill appended, is not counted), and
@@ -41,7 +46,7 @@ create temp table if not exists bench_chunk (
 CHUNK_ROWS = """
 insert into bench_chunk
 with g as (
-    select i, $3::timestamptz - make_interval(secs => ((i * 2654435761) % 86400000) / 1000.0) as created_at,
+    select i, $3::timestamptz - make_interval(secs => ((i * 2654435761) % $8::bigint) / 1000.0) as created_at,
            case when i % 10 = 0 then 'delivery' else 'ship' end as mode,
            $6::text[] as skus
       from generate_series($1::bigint, $2::bigint) as i
@@ -49,12 +54,13 @@ with g as (
     select g.*, skus[1 + (i * 7) % cardinality(skus)] as sku, (1 + i % 3)::int as quantity,
            case when i % 50 = 7 then 'backordered'
                 when i % 40 = 3 then 'cancelled'
-                when created_at > $3::timestamptz - interval '45 minutes' then (array['allocated', 'picking', 'picked'])[1 + i % 3]
+                when $7 then (array['allocated', 'picking', 'picked'])[1 + i % 3]
                 when mode = 'delivery' then 'delivered'
                 else 'shipped' end as status
       from g
 )
-select i, 'bench-o' || i as id, 'bench-f' || i as fid,
+select i, case when $7 then 'bench-live-o' else 'bench-o' end || i as id,
+       case when $7 then 'bench-live-f' else 'bench-f' end || i as fid,
        (array['tmall', 'jd', 'douyin', 'miniprogram'])[1 + i % 4] as channel,
        created_at, mode, sku, quantity, status,
        case status when 'allocated' then 'allocated' when 'picking' then 'allocated' when 'picked' then 'picked'
@@ -100,11 +106,14 @@ SCAN = [  # (query, its parameter: the day's start, the chart's first minute, or
 ]
 
 
-async def fill(conn, lo: int, hi: int, now: datetime, stores: list[str], warehouse: str, skus: list[str]) -> None:
+async def fill(conn, lo: int, hi: int, now: datetime, stores: list[str], warehouse: str, skus: list[str],
+               *, live: bool = False) -> None:
+    """Orders lo..hi-1: the day's (over the last 24 hours, handed over) or live ones (the last 45 minutes, open)."""
+    spread_ms = 45 * 60_000 if live else 86_400_000
     for a in range(lo, hi, CHUNK):
         await conn.execute(CHUNK_TABLE)
         await conn.execute("truncate bench_chunk")
-        await conn.execute(CHUNK_ROWS, a, min(a + CHUNK, hi) - 1, now, stores, warehouse, skus)
+        await conn.execute(CHUNK_ROWS, a, min(a + CHUNK, hi) - 1, now, stores, warehouse, skus, live, spread_ms)
         async with conn.transaction():  # one chunk, one transaction: the triggers fire once per statement
             for statement in FILL:
                 await conn.execute(statement)
@@ -122,7 +131,7 @@ async def timed(fn, calls: int) -> float:
     return statistics.median(times)
 
 
-async def run(sizes: list[int], calls: int) -> int:
+async def run(sizes: list[int], calls: int, live: int) -> int:
     from oms.config import Settings
     from oms.ops import summary as ops
     from oms.stock import inventory
@@ -142,6 +151,8 @@ async def run(sizes: list[int], calls: int) -> int:
         since = ops.day_start(now)
         minute0 = now.replace(second=0, microsecond=0) - ops.timedelta(minutes=ops.WINDOW_MINUTES - 1)
         print(f"demo city: {len(stores)} stores, 1 warehouse, {len(skus)} SKUs; orders over the 24 h before {now:%H:%M} UTC")
+        async with s.pool.acquire() as conn:
+            await fill(conn, 0, live, now, stores, warehouse, skus, live=True)
         have = 0
         for size in sizes:
             t0 = time.perf_counter()
@@ -177,6 +188,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,1000000", help="cumulative order counts, ascending")
     ap.add_argument("--calls", type=int, default=7)
+    ap.add_argument("--live", type=int, default=3000, help="open orders (to pick, picked) at every size")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     own = "OMS_DATA_DIR" not in os.environ and not (os.environ.get("OMS_DATABASE_URL") or os.environ.get("OMS_REDIS_URL"))
@@ -187,7 +199,7 @@ def main() -> int:
         shutil.rmtree(os.environ["OMS_DATA_DIR"], ignore_errors=True)
     subprocess.run(oms + ["seed-demo"], check=True, capture_output=True)
     try:
-        return asyncio.run(run(sizes, args.calls))
+        return asyncio.run(run(sizes, args.calls, args.live))
     finally:
         if own:
             subprocess.run(oms + ["stop-embedded"], check=True, capture_output=True)
