@@ -344,9 +344,10 @@ end $$;
 
 -- Open orders with a promise, by promise: the at-risk list reads only those due within its
 -- horizon (sql/queries/ops.sql ops_promise_candidates). The statuses are those an order with an
--- open (allocated or picked) fulfilment can have (oms/orders/decide.py order_status_from).
+-- open (allocated or picked) fulfilment can have (oms/orders/model.py _WORK).
 create index orders_open_by_promise on orders (promised_by)
-    where promised_by is not null and status in ('allocated', 'picking', 'picked', 'ready_for_pickup');
+    where promised_by is not null
+      and status in ('allocated', 'partially_allocated', 'picking', 'picked', 'ready_for_pickup');
 -- the latest full reason of each kind of backorder
 create index orders_backordered_by_kind on orders (ops_reason_kind(reason), created_at, id)
     where status = 'backordered';

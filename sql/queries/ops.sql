@@ -122,7 +122,7 @@ select f.id as fulfillment_id, f.node_id, f.status, f.order_id, o.promised_by,
   join unnest($2::text[], $3::float8[]) as h(node_id, minutes) on h.node_id = f.node_id
  where o.promised_by is not null
    and o.promised_by < $1::timestamptz + make_interval(secs => $4::float8)
-   and o.status in ('allocated', 'picking', 'picked', 'ready_for_pickup')
+   and o.status in ('allocated', 'partially_allocated', 'picking', 'picked', 'ready_for_pickup')
    and f.status in ('allocated', 'picked')
    and o.promised_by < $1::timestamptz + make_interval(secs => h.minutes * 60);
 
