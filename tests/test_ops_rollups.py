@@ -159,7 +159,7 @@ async def test_the_bounded_at_risk_read_judges_what_a_scan_of_every_open_fulfilm
     await world.stock(node, sku, 40)
     now = datetime.now(timezone.utc)
     ids = [(await _post(world, world.order(f"risk-{i}", [(sku, 1)], paid_at=now.isoformat())))["id"] for i in range(13)]
-    ship = await _post(world, world.order("risk-ship", [(sku, 1)], mode="ship"))  # no promise: never at risk
+    ship = await _post(world, world.order("risk-ship", [(sku, 1)], mode="ship", paid_at=now.isoformat()))  # no promise: never at risk
     # promises from 3 minutes ago (late) to 52 minutes ahead, one in the queue every ten minutes: all at
     # risk; one 9 hours ahead, thirteenth in the queue (130 + 25 minutes): beyond the node's horizon
     await services.pool.execute(
@@ -190,7 +190,10 @@ async def test_the_bounded_at_risk_read_judges_what_a_scan_of_every_open_fulfilm
     got = {n: [l["to_pick"], l["picked"], l["at_risk"], l["late"]] for n, l in work.load.items()}
     assert got == want
     assert sorted((w.minutes_left, w.order_id) for w in work.at_risk) == sorted(keys)[:ops.AT_RISK_LISTED]
-    assert got[node] == [14, 0, 12, 1]
+    placed = await services.pool.fetch("select o.id, o.status, f.node_id, f.status as f_status from orders o"
+                                       " left join fulfillments f on f.order_id = o.id where o.id = any($1::text[])",
+                                       ids + [ship["id"]])
+    assert got[node] == [14, 0, 12, 1], [tuple(r) for r in placed]
     listed = {w.order_id for w in work.at_risk}
     assert set(ids[:12]) <= listed and ids[12] not in listed and ship["id"] not in listed
 
