@@ -29,7 +29,8 @@ _NODE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 def _node(r) -> Node:
     return Node(id=r["id"], kind=r["kind"], name=r["name"], lat=r["lat"], lng=r["lng"], h3_cell=r["h3_cell"],
                 capabilities=list(r["capabilities"]), delivery_radius_m=r["delivery_radius_m"],
-                capacity_per_hour=r["capacity_per_hour"], city=r["city"], active=r["active"])
+                capacity_per_hour=r["capacity_per_hour"], city=r["city"], active=r["active"],
+                stock_buckets=r["stock_buckets"])
 
 
 class SkuIn(msgspec.Struct, kw_only=True):
@@ -84,11 +85,16 @@ class CatalogueController(Controller):
         if not _NODE_ID.fullmatch(node_id):
             raise InvalidInput("node_id: 1-64 characters of letters, digits, '_', '.', '-'", field="node_id")
         cell = h3.latlng_to_cell(data.lat, data.lng, NODE_H3_RES)
-        created = await services.pool.fetchval(
-            Q["node_upsert"], node_id, str(data.kind), data.name, data.lat, data.lng, cell,
-            sorted(str(c) for c in set(data.capabilities)), data.delivery_radius_m, data.capacity_per_hour,
-            data.city, data.active,
-        )
+        async with services.pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                Q["node_upsert"], node_id, str(data.kind), data.name, data.lat, data.lng, cell,
+                sorted(str(c) for c in set(data.capabilities)), data.delivery_radius_m, data.capacity_per_hour,
+                data.city, data.active,
+            )
+            buckets_before = await conn.fetchval(Q["node_stock_buckets_set"], node_id, data.stock_buckets)
+        if buckets_before != data.stock_buckets:
+            # re-split its stock in Redis now (should this fail, the reconciler does it shortly)
+            await services.fence.rebucket(node_id)
         await services.nodes.refresh(force=True)
         row = await services.pool.fetchrow(Q["node_get"], node_id)
         return Response(_node(row), status_code=201 if created else 200)

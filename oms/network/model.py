@@ -31,6 +31,9 @@ class NodeIn(msgspec.Struct, frozen=True, kw_only=True):
     capacity_per_hour: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     city: str | None = None
     active: bool = True
+    #: a hot node's stock split over this many Redis buckets (spread over a Redis Cluster's
+    #: shards); 1 = not split. Changing it re-splits the node's stock from PostgreSQL.
+    stock_buckets: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 
 class Node(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,3 +48,4 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
     capacity_per_hour: int
     city: str | None = None
     active: bool = True
+    stock_buckets: int = 1

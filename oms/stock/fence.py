@@ -15,6 +15,11 @@ Orders arriving meanwhile wait for it (up to `wait_s`) or get 503 StockFenced: n
 backorder for stock that exists, never a reservation decided on an empty Redis. A write that
 committed after the second read puts its own reservation back (`Inventory.confirm`), and the
 reconciler catches anything later still.
+
+A node split into stock buckets is fenced when any bucket lost its marker (one shard of a
+cluster failed over) and is then installed whole, every bucket, since PostgreSQL knows only the
+node's totals. `rebucket` re-splits a node whose bucket count changed the same way: its markers
+are taken first, so every process waits for the new layout and learns the new count.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import redis.asyncio as aioredis
 from oms.errors import StockFenced
 from oms.ops import metrics
 from oms.stock import inventory
-from oms.stock.inventory import GEN_FIELD, Inventory, NodeStock, avail_key
+from oms.stock.inventory import GEN_FIELD, Inventory, NodeStock, avail_key, bucket_ids, home_bucket
 
 log = logging.getLogger("oms.fence")
 
@@ -101,8 +106,10 @@ class Fence:
                 lost_all = not await self.redis.exists(inventory.EPOCH_KEY)
                 first = await inventory.stock_of_nodes(conn, missing)
                 had_orders = any(st.records for st in first.values())
+                await self._drop_extra(first)
                 if not (lost_all or had_orders):  # new nodes: nothing can be in flight there
                     await inventory.install(self.redis, first, inventory.new_generation())
+                    self._remember(first)
                     return
                 log.warning("Redis lost the stock of %d node(s)%s: rebuilding from PostgreSQL",
                             len(missing), " (all of Redis)" if lost_all else "")
@@ -123,15 +130,62 @@ class Fence:
         calls = []
         for node, st in second.items():
             before = first.get(node, NodeStock()).records
-            calls += [reapply(node, fid, lines) for fid, lines in st.records.items() if fid not in before]
+            calls += [reapply(node, fid, lines, first[node].buckets) for fid, lines in st.records.items()
+                      if fid not in before]
         added = len(calls)
         await inventory.run_scripts(self.redis, _CONFIRM, calls)
         pipe = self.redis.pipeline(transaction=False)
-        for node in second:
-            pipe.hset(avail_key(node), GEN_FIELD, inventory.new_generation())
+        for node, st in first.items():
+            gen = inventory.new_generation()  # one per node: every bucket of it has the same
+            for b in bucket_ids(node, st.buckets):
+                pipe.hset(avail_key(b), GEN_FIELD, gen)
         await pipe.execute()
+        self._remember(first)
         if added:
             log.warning("put back %d reservation(s) written while Redis was being rebuilt", added)
+
+    async def _drop_extra(self, nodes: dict[str, NodeStock]) -> None:
+        """Buckets past a node's count in PostgreSQL (it went down while Redis was lost)."""
+        for node, st in nodes.items():
+            if self._inv().buckets.get(node, 1) > st.buckets:
+                await inventory.drop_buckets(self.redis, node, st.buckets, self._inv().buckets[node])
+
+    def _remember(self, nodes: dict[str, NodeStock]) -> None:
+        for node, st in nodes.items():
+            self._inv().remember(node, st.buckets)
+
+    async def rebucket(self, node: str) -> int:
+        """Re-split a node's stock over the bucket count PostgreSQL now holds for it (all in one
+        bucket for 1), under the rebuild lock; returns the new count. Reservations at the node
+        wait (or get StockFenced) for the half second this takes."""
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + self.wait_s
+        while not await self.redis.set(LOCK_KEY, token, nx=True, px=LOCK_MS):
+            if time.monotonic() > deadline:
+                raise StockFenced(f"stock at {node} is being rebuilt; retry in a moment")
+            await asyncio.sleep(0.05)
+        inv = self._inv()
+        try:
+            old = max(await inv.count(node), await _count_in_redis(self.redis, node))
+            # fence every old bucket first: from here nothing reserves at this node until it is
+            # marked again below, and each process that tries refreshes its count on the way
+            pipe = self.redis.pipeline(transaction=False)
+            for b in bucket_ids(node, old):
+                pipe.hdel(avail_key(b), GEN_FIELD)
+            await pipe.execute()
+            async with self.pool.acquire() as conn:
+                first = await inventory.stock_of_nodes(conn, [node])
+                new = first[node].buckets
+                await inventory.drop_buckets(self.redis, node, new, old)
+                if first[node].on_hand or first[node].records:
+                    await self._install_settled(conn, first)
+                else:  # no stock: no reservation can be in flight there
+                    await inventory.install(self.redis, first, inventory.new_generation(), force=True)
+                    self._remember(first)
+            log.warning("stock at %s re-split from %d into %d bucket(s)", node, old, new)
+            return new
+        finally:
+            await _unlock(self.redis, LOCK_KEY, token)
 
     async def check(self, nodes: Sequence[str]) -> list[str]:
         """The periodic look: heal when any of `nodes` lost its marker; returns those found fenced."""
@@ -161,14 +215,20 @@ class Fence:
 _CONFIRM = inventory.script("confirm")
 
 
-def reapply(node: str, fid: str, lines: dict[str, int]) -> tuple[list[str], list[str | int]]:
+def reapply(node: str, fid: str, lines: dict[str, int], buckets: int = 1) -> tuple[list[str], list[str | int]]:
     """(keys, args) of putting back a reservation PostgreSQL holds and Redis lacks (no-op when it
-    has it), for `inventory.run_scripts(redis, _CONFIRM, ...)`."""
+    has it) in its home bucket, for `inventory.run_scripts(redis, _CONFIRM, ...)`."""
     argv: list[str | int] = ["*", "pg", fid]
     for sku, qty in sorted(lines.items()):
         argv += [sku, qty]
-    return [inventory.avail_key(node), inventory.reserved_key(node), inventory.record_key(node, fid),
-            inventory.holders_key(node)], argv
+    b = inventory.bucket_id(node, home_bucket(fid, buckets))
+    return [inventory.avail_key(b), inventory.reserved_key(b), inventory.record_key(b, fid),
+            inventory.holders_key(b)], argv
+
+
+async def _count_in_redis(redis: aioredis.Redis, node: str) -> int:
+    k = await redis.hget(avail_key(node), inventory.KFIELD)
+    return int(k) if k else 1
 
 
 async def _unlock(redis: aioredis.Redis, key: str, token: str) -> None:

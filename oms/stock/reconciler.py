@@ -14,6 +14,10 @@ One process at a time holds the lease (`oms:reconciler:lease`, renewed each pass
      reserved) at once, and on-hand that differs from PostgreSQL when seen twice in a row (one
      sighting may be a stock change in flight);
   4. marks dead processes whose reservations are settled, so their claims are taken over.
+A node split into stock buckets is compared as a whole (its records in whichever bucket holds
+them, on-hand summed over the buckets); a bucket left with negative availability (on-hand set
+below what it had reserved) is covered from the others; a bucket count in Redis that differs
+from PostgreSQL's (a re-split that failed half-way) has the fence re-split the node.
 What it did is counted: Prometheus `oms_reconcile_repairs_total{kind}` and `reconciler` in
 /ops/summary (from the Redis hash `oms:reconcile:stats`, shared by every process).
 """
@@ -36,8 +40,8 @@ from oms.infra.ids import id_age_s
 from oms.ops import metrics
 from oms.stock import inventory, liveness
 from oms.stock.fence import _CONFIRM, Fence, reapply
-from oms.stock.inventory import (Inventory, avail_key, holders_key, onhand_key, record_key, record_prefix,
-                                 reserved_key)
+from oms.stock.inventory import (Inventory, avail_key, bucket_ids, holders_key, onhand_key, record_key,
+                                 record_prefix, reserved_key)
 
 log = logging.getLogger("oms.reconciler")
 
@@ -72,6 +76,8 @@ class Reconciler:
         self.token = secrets.token_hex(8)
         self._missing_since: dict[str, float] = {}
         self._onhand_seen: dict[tuple[str, str], tuple[int, int]] = {}
+        #: (node, fulfilment id) -> the bucket whose record index holds it, as last read
+        self._where: dict[tuple[str, str], str] = {}
         self._release = redis.register_script(inventory.script("release"))
         self._commit = redis.register_script(inventory.script("commit"))
         self._repair = redis.register_script(inventory.script("repair"))
@@ -109,7 +115,9 @@ class Reconciler:
     async def reconcile(self) -> PassReport:
         report = PassReport()
         nodes = [r["id"] for r in await self.pool.fetch(Q["node_ids"])]
-        report.fenced = len(await self.fence.check(nodes))
+        fenced = await self.fence.check(nodes)
+        report.fenced = len(fenced)
+        await self._rebucket(nodes, fenced)
         # Redis first, then PostgreSQL: a reservation is in Redis before its order is written,
         # so one seen in PostgreSQL but not in the earlier Redis read is checked again below
         held = await self._holders(nodes)
@@ -129,11 +137,35 @@ class Reconciler:
         await self._count(report)
         return report
 
-    async def _holders(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
-        pipe = self.redis.pipeline(transaction=False)
+    async def _rebucket(self, nodes: Sequence[str], fenced: Sequence[str]) -> None:
+        """Re-split nodes whose bucket count in Redis is not PostgreSQL's."""
+        counts = {r["id"]: r["stock_buckets"] for r in await self.pool.fetch(Q["node_stock_buckets"], list(nodes))}
         for n in nodes:
-            pipe.hgetall(holders_key(n))
-        return {n: {k.decode(): v.decode() for k, v in h.items()} for n, h in zip(nodes, await pipe.execute())}
+            if n not in fenced and counts.get(n, 1) != self.inventory.buckets.get(n, 1):
+                log.warning("stock at %s is in %d bucket(s), PostgreSQL says %d: re-splitting",
+                            n, self.inventory.buckets.get(n, 1), counts.get(n, 1))
+                await self.fence.rebucket(n)
+
+    def _buckets(self, node: str) -> list[str]:
+        return bucket_ids(node, self.inventory.buckets.get(node, 1))
+
+    async def _holders(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
+        """node -> fulfilment id -> owning process, over all the node's buckets."""
+        units = [(n, b) for n in nodes for b in self._buckets(n)]
+        pipe = self.redis.pipeline(transaction=False)
+        for _, b in units:
+            pipe.hgetall(holders_key(b))
+        out: dict[str, dict[str, str]] = {n: {} for n in nodes}
+        for (n, b), h in zip(units, await pipe.execute()):
+            for k, v in h.items():
+                out[n][k.decode()] = v.decode()
+                self._where[(n, k.decode())] = b
+        return out
+
+    def _keys(self, node: str, fid: str, *, commit: bool = False) -> list[str]:
+        """The keys of the release (or commit) script for the bucket holding the record."""
+        b = self._where.get((node, fid), node)
+        return [onhand_key(b) if commit else avail_key(b), reserved_key(b), record_key(b, fid), holders_key(b)]
 
     async def _dead(self, workers: set[str]) -> set[str]:
         """Processes with no heartbeat, continuously for `dead_for_s` as seen by this reconciler."""
@@ -161,11 +193,11 @@ class Reconciler:
             if rows:
                 if any(r["state"] == "reserved" for r in rows):
                     continue  # opened since our PostgreSQL read: in step
-                keys = [avail_key(node), reserved_key(node), record_key(node, fid), holders_key(node)]
                 if any(r["state"] == "committed" for r in rows):  # handed over; Redis missed the commit
-                    keys[0] = onhand_key(node)
+                    keys = self._keys(node, fid, commit=True)
                     report.committed += int(await self._commit(keys=keys, args=[fid]) > 0)
                 else:  # released in PostgreSQL (cancel, reject); Redis missed it
+                    keys = self._keys(node, fid)
                     report.released += int(await self._release(keys=keys, args=[fid]) > 0)
                 continue
             # no order holds it: its write failed and the release failed too, or its process died
@@ -173,8 +205,7 @@ class Reconciler:
             age = id_age_s(fid)
             owner = held[node][fid]
             if (owner in dead and age >= self.dead_for_s) or age >= self.grace_s:
-                keys = [avail_key(node), reserved_key(node), record_key(node, fid), holders_key(node)]
-                if await self._release(keys=keys, args=[fid]) > 0:
+                if await self._release(keys=self._keys(node, fid), args=[fid]) > 0:
                     report.released += 1
                     log.warning("released reservation %s at %s: no order in PostgreSQL (%s, %.0f s old)",
                                 fid, node, "its process died" if owner in dead else "past the grace period", age)
@@ -185,7 +216,7 @@ class Reconciler:
         for node, fid in lost:
             lines = {r["sku"]: r["quantity"] for r in in_pg.get(fid, []) if r["state"] == "reserved"}
             if lines:  # still open now: Redis lost it
-                calls.append(reapply(node, fid, lines))
+                calls.append(reapply(node, fid, lines, self.inventory.buckets.get(node, 1)))
                 queued.append((node, fid))
         if queued:
             for (node, fid), res in zip(queued, await inventory.run_scripts(self.redis, _CONFIRM, calls)):
@@ -195,29 +226,41 @@ class Reconciler:
 
     async def _repair_drift(self, nodes: Sequence[str], pg: dict[str, inventory.NodeStock],
                             report: PassReport) -> None:
+        units = [(n, b) for n in nodes for b in self._buckets(n)]
         pipe = self.redis.pipeline(transaction=False)
-        for n in nodes:
-            pipe.hgetall(onhand_key(n))
+        for _, b in units:
+            pipe.hgetall(onhand_key(b))
+        redis_onhand: dict[str, dict[str, int]] = {n: defaultdict(int) for n in nodes}
+        for (n, _), onh in zip(units, await pipe.execute()):
+            for k, v in onh.items():
+                redis_onhand[n][k.decode()] += int(v)
         seen: dict[tuple[str, str], tuple[int, int]] = {}
-        for n, onh in zip(nodes, await pipe.execute()):
-            redis_onhand = {k.decode(): int(v) for k, v in onh.items()}
-            for sku in set(redis_onhand) | set(pg[n].on_hand):
-                have, want = redis_onhand.get(sku, 0), pg[n].on_hand.get(sku, 0)
+        for n in nodes:
+            for sku in set(redis_onhand[n]) | set(pg[n].on_hand):
+                have, want = redis_onhand[n].get(sku, 0), pg[n].on_hand.get(sku, 0)
                 if have != want:
                     seen[(n, sku)] = (have, want)
         # on-hand: only what differed the same way last pass too (a stock change may be in flight)
         confirmed = {k: v for k, v in seen.items() if self._onhand_seen.get(k) == v}
         self._onhand_seen = seen
         by_node: dict[str, list[str | int]] = defaultdict(list)
-        for (n, sku), (_, want) in confirmed.items():
-            by_node[n] += [sku, want]
+        for (n, sku), (have, want) in confirmed.items():
+            if len(self._buckets(n)) > 1:  # a bucketed node: the difference, spread over its buckets
+                await self.inventory.adjust(n, sku, want - have)
+                report.drift += 1
+            else:
+                by_node[n] += [sku, want]
         results = await inventory.run_scripts(self.redis, self._repair.script, [
-            ([onhand_key(n), reserved_key(n), avail_key(n), holders_key(n)], [record_prefix(n), *by_node.get(n, [])])
-            for n in nodes])
-        for n, fixed in zip(nodes, results):
+            ([onhand_key(b), reserved_key(b), avail_key(b), holders_key(b)], [record_prefix(b), *by_node.get(b, [])])
+            for _, b in units])
+        for (n, b), fixed in zip(units, results):
             if int(fixed) > 0:
                 report.drift += int(fixed)
-                log.warning("repaired %d drifted field(s) of the stock at %s", int(fixed), n)
+                log.warning("repaired %d drifted field(s) of the stock at %s", int(fixed), b)
+        for n in {n for n in nodes if len(self._buckets(n)) > 1}:
+            moved = await self.inventory.rebalance(n)
+            if moved:
+                log.warning("moved %d unit(s) between the stock buckets of %s to cover a short bucket", moved, n)
 
     async def _settle_workers(self, held: dict[str, dict[str, str]], report: PassReport) -> None:
         """Dead processes with no record left in Redis are settled: their claims may be taken over."""

@@ -9,12 +9,20 @@ on conflict (id) do update set
     city = excluded.city, active = excluded.active, updated_at = now()
 returning (xmax = 0) as created;
 
+-- name: node_stock_buckets_set
+-- A node's number of stock buckets (primary key); returns the number it had before.
+with old as (select stock_buckets from nodes where id = $1 for update)
+update nodes set stock_buckets = $2 where id = $1
+returning (select stock_buckets from old);
+
 -- name: nodes_all
-select id, kind, name, lat, lng, h3_cell, capabilities, delivery_radius_m, capacity_per_hour, city, active
+select id, kind, name, lat, lng, h3_cell, capabilities, delivery_radius_m, capacity_per_hour, city, active,
+       stock_buckets
   from nodes order by id;
 
 -- name: node_get
-select id, kind, name, lat, lng, h3_cell, capabilities, delivery_radius_m, capacity_per_hour, city, active
+select id, kind, name, lat, lng, h3_cell, capabilities, delivery_radius_m, capacity_per_hour, city, active,
+       stock_buckets
   from nodes where id = $1;
 
 -- name: node_ids

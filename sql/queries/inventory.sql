@@ -36,3 +36,7 @@ select node_id, sku, fulfillment_id, quantity from reservations
 -- Every reservation row of some fulfilments, whatever its state (primary key), for the reconciler.
 select fulfillment_id, node_id, sku, quantity, state from reservations
  where fulfillment_id = any($1::text[]);
+
+-- name: node_stock_buckets
+-- Stock buckets of some nodes (primary key), or of every node when $1 is null, for installing them in Redis.
+select id, stock_buckets from nodes where $1::text[] is null or id = any($1::text[]);

@@ -4,7 +4,8 @@
 -- index and ARGV[3]: the same {node} hash tag, so the same Redis Cluster slot.
 -- ARGV: mode ('missing': only while the marker is absent; 'force'), generation ('' = none), record key
 -- prefix, number of SKUs, then sku, on-hand ... , number of records, then per record:
--- fulfilment id, number of lines, sku, qty ...
+-- fulfilment id, number of lines, sku, qty ..., then (bucket 0 of a node split into stock
+-- buckets only) the number of buckets, kept in the available hash's '\0k' field
 -- Returns 1 installed, 0 not needed (another process installed it first).
 if ARGV[1] == 'missing' and redis.call('HEXISTS', KEYS[3], '\0gen') == 1 then
   return 0
@@ -41,6 +42,9 @@ end
 for sku, qty in pairs(reserved) do
   redis.call('HSET', KEYS[2], sku, qty)
   if not onhand[sku] then redis.call('HSET', KEYS[3], sku, -qty) end
+end
+if ARGV[i] then
+  redis.call('HSET', KEYS[3], '\0k', ARGV[i])
 end
 if ARGV[2] ~= '' then  -- '' installs without the marker: the caller sets it when settled
   redis.call('HSET', KEYS[3], '\0gen', ARGV[2])

@@ -33,6 +33,7 @@ for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3]}) do
 end
 for sku in pairs(want) do skus[sku] = true end
 skus['\0gen'] = nil
+skus['\0k'] = nil
 for sku in pairs(skus) do
   local r = want[sku] or 0
   if tonumber(redis.call('HGET', KEYS[2], sku) or '0') ~= r then
