@@ -29,12 +29,6 @@ async def set_buckets(world, node_id: str, buckets: int) -> None:
     assert r.status_code == 200, r.text
 
 
-async def in_step(services) -> bool:
-    """The whole of Redis agrees with PostgreSQL (tests that reserve outside an order `reset`)."""
-    async with services.pool.acquire() as conn:
-        return await inventory.in_step(conn, services.redis)
-
-
 async def node_in_step(services, node: str) -> bool:
     """One node: totals, records (in whichever bucket) and each bucket's available agree."""
     async with services.pool.acquire() as conn:
@@ -88,7 +82,7 @@ async def test_thousand_orders_for_100_units_at_a_four_bucket_warehouse_allocate
     assert await reserved_in_pg(services, sku) == 100
     buckets = await per_bucket(services, node, sku)
     assert buckets == [(25, 25, 0)] * 4  # every bucket took its share, none more
-    assert await in_step(services)
+    assert await node_in_step(services, node)
 
 
 async def test_a_line_larger_than_any_bucket_gathers_units_into_its_home_bucket(world, services):
@@ -156,7 +150,6 @@ async def test_cancel_reject_and_ship_at_a_bucketed_warehouse_keep_redis_in_step
     assert (await services.inventory.snapshot([node]))[(node, sku)] == (8, 2)
     assert all(r <= o for o, r, _ in await per_bucket(services, node, sku))
     assert await node_in_step(services, node)
-    assert await in_step(services)
 
 
 async def test_changing_the_bucket_count_resplits_stock_and_keeps_open_reservations(world, services):
