@@ -56,6 +56,22 @@ def _stats(ports: list[int]) -> dict[int, dict[str, float]]:
     return out
 
 
+async def _evenly_spread(url: str, prefix: str, buckets: int) -> str:
+    """A node id whose buckets fall on the shards as evenly as their number allows (buckets land
+    by the hash of `{node#k}`: an operator sees the spread with CLUSTER KEYSLOT)."""
+    r = client(url)
+    await r.initialize()
+    best, best_load = "", buckets + 1
+    for i in range(200):
+        name = f"{prefix}-{i}"
+        ports = [r.get_node_from_key(inventory.avail_key(inventory.bucket_id(name, k))).port for k in range(buckets)]
+        load = max(ports.count(p) for p in set(ports))
+        if load < best_load:
+            best, best_load = name, load
+    await r.aclose()
+    return best
+
+
 async def _install(url: str, node: str, buckets: int, units: int) -> None:
     r = client(url)
     await r.initialize()
@@ -77,7 +93,8 @@ async def _orders(url: str, node: str, first: int, n: int, concurrency: int) -> 
             claim = inv.batch.command("SET", f"claim:{{bench:{node}:{i}}}", "o", "NX", "EX", 60)
             await inv.available([node], [SKU])
             assert await claim == b"OK"
-            ok += (await inv.reserve(node, f"f{node}{i}", [(SKU, 1)])).ok
+            res = await inv.reserve(node, f"f{node}{i}", [(SKU, 1)])
+            ok += res.ok  # after the await: `ok += await ...` would read ok before it
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     await r.aclose()
@@ -89,7 +106,7 @@ def _proc(args: tuple) -> int:
 
 
 def run(url: str, ports: list[int], buckets: int, a: argparse.Namespace) -> None:
-    node = f"wh{buckets}-{random.randbytes(3).hex()}"
+    node = asyncio.run(_evenly_spread(url, f"wh{buckets}-{random.randbytes(3).hex()}", buckets))
     asyncio.run(_install(url, node, buckets, 10**9))
     before, t0 = _stats(ports), time.perf_counter()
     per = a.orders // a.procs
