@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -283,6 +284,23 @@ asyncio.run(main())
     return json.loads(out)
 
 
+def _start_pyspy(pid: int, out: str) -> subprocess.Popen:
+    """py-spy sampling the server and its workers until stopped (costs CPU: compare profiles, not rates)."""
+    spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
+                            "--rate", "250", "--nonblocking", "-o", out],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load starts
+    return spy
+
+
+def _stop_pyspy(spy: subprocess.Popen) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--orders", type=int, default=30000)
@@ -291,6 +309,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2000)
     ap.add_argument("--keep", action="store_true", help="reuse .oms-bench instead of starting empty")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="record the workers with py-spy (pip install py-spy) during the measured run, as "
+                         "collapsed stacks in FILE; loadtests/pyspy_top.py prints its top frames")
     args = ap.parse_args()
 
     env, own = bench_env()
@@ -308,7 +329,12 @@ def main() -> int:
         drive(port, token, warm, min(args.concurrency, 32))
 
         bodies = build_bodies(args.orders, 2, skus, "SKU-HOT-1", prefix)
-        load = drive(port, token, bodies, args.concurrency, args.clients, server.pid)
+        spy = _start_pyspy(server.pid, args.profile) if args.profile else None
+        try:
+            load = drive(port, token, bodies, args.concurrency, args.clients, server.pid)
+        finally:
+            if spy is not None:
+                _stop_pyspy(spy)
         lat, elapsed, cpu, codes = load.lat, load.elapsed, load.cpu, load.codes
         out = check_oms(env, prefix, ["SKU-HOT-1"])
         print(f"orders: {len(lat)} in {elapsed:.2f} s with {args.concurrency} connections, {args.workers} workers, {args.clients} load process(es)")
