@@ -21,6 +21,7 @@ from oms.api import ops as ops_api, shops as shops_api, stores as stores_api
 from oms.api import webhooks as webhooks_api
 from oms.channels import workers as channel_workers
 from oms.config import Settings
+from oms.ops import metrics
 from oms.orders.timers import TimerJob
 from oms.stock.fence import LOCK_KEY
 from oms.stock.liveness import stop_task
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await stop_background(services, background)
             await webhooks_api.aclose(app)
             await services.close()
+            metrics.flush_counts()
 
     def provide_services(state: State) -> Services:
         return state.services

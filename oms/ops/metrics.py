@@ -22,6 +22,7 @@ per decision) so /ops/summary can report p50/p99 across every process.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import logging
 import multiprocessing
@@ -197,20 +198,85 @@ ROUTING_SAMPLES_MAX = 5000
 
 
 # ---- what intake calls ---------------------------------------------------------------------
+#
+# Intake counts in plain ints per process and hands the sums to prometheus_client a few times a
+# second (and before every exposition): in multiprocess mode each .inc() is a locked write into
+# an mmapped file with a pid check, several per order, and the counts only need to be right when
+# scraped. A process that dies loses at most its last quarter second of counts.
+
+_FLUSH_AFTER_S = 0.25
+#: (counter, label values) -> units not yet handed to prometheus_client
+_tally: dict[tuple[Any, tuple[str, ...]], int] = {}
+#: routing decision times (s) not yet observed by the histogram
+_routing_pending: list[float] = []
+_flush_due = False
+
+
+def _count(metric: Any, labels: tuple[str, ...], n: int = 1) -> None:
+    key = (metric, labels)
+    _tally[key] = _tally.get(key, 0) + n
+    _schedule_flush()
+
+
+def _schedule_flush() -> None:
+    global _flush_due
+    if _flush_due:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a script, a test helper): count at once
+        flush_counts()
+        return
+    _flush_due = True
+    loop.call_later(_FLUSH_AFTER_S, flush_counts)
+
+
+def flush_counts() -> None:
+    """Hand the counts kept since the last flush to prometheus_client (its files or memory)."""
+    global _flush_due
+    _flush_due = False
+    if _tally:
+        pending = list(_tally.items())
+        _tally.clear()
+        for (metric, labels), n in pending:
+            (metric.labels(*labels) if labels else metric).inc(n)
+    if _routing_pending:
+        samples = _routing_pending[:]
+        del _routing_pending[:]
+        _observe_many(ROUTING_SECONDS, samples)
+
+
+def _observe_many(hist: Histogram, samples: list[float]) -> None:
+    """Histogram.observe for many values: one write per bucket touched, one for the sum."""
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another prometheus_client: one by one
+        for x in samples:
+            hist.observe(x)
+        return
+    counts = [0] * len(bounds)
+    for x in samples:
+        counts[bisect.bisect_left(bounds, x)] += 1  # the first bound >= x, as observe() picks
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+    total.inc(sum(samples))
+
 
 def order_received(channel: object) -> None:
-    ORDERS_RECEIVED.labels(str(channel)).inc()
+    _count(ORDERS_RECEIVED, (str(channel),))
 
 
 _OUTCOME = {"allocated": "accepted", "backordered": "backordered", "cancelled": "cancelled", "created": "unpaid"}
 
 
 def order_outcome(channel: object, status: object) -> None:
-    ORDER_OUTCOMES.labels(str(channel), _OUTCOME.get(str(status), str(status))).inc()
+    _count(ORDER_OUTCOMES, (str(channel), _OUTCOME.get(str(status), str(status))))
 
 
 def order_cancelled(channel: object) -> None:
-    ORDER_OUTCOMES.labels(str(channel), "cancelled").inc()
+    _count(ORDER_OUTCOMES, (str(channel), "cancelled"))
 
 
 def observe_order(order: Any, created: bool) -> None:
@@ -223,13 +289,13 @@ def observe_order(order: Any, created: bool) -> None:
             # backordered, or open with a reason: only partly served
             short = line.status == "backordered" or (line.status == "open" and line.reason)
             if short and not (line.reason or "").startswith("unknown SKU"):
-                STOCKOUTS.labels(line.sku).inc()
+                _count(STOCKOUTS, (line.sku,))
     except Exception:  # metrics never fail an order
         log.exception("could not record order metrics")
 
 
 def reservation_failed(sku: str | None) -> None:
-    RESERVATION_FAILURES.labels(sku or "unknown").inc()
+    _count(RESERVATION_FAILURES, (sku or "unknown",))
 
 
 def inventory_rebuilt(nodes: int) -> None:
@@ -245,9 +311,16 @@ def in_doubt_resolved(stored: bool) -> None:
     IN_DOUBT_WRITES.labels("stored" if stored else "not_stored").inc()
 
 
-#: samples waiting to be pushed to Redis; flushed together so the hot path never waits on it
-_pending_samples: list[str] = []
-_FLUSH_AFTER_S = 0.25
+#: samples (s) waiting to be pushed to Redis; flushed together so the hot path never waits on it
+_pending_samples: list[float] = []
+
+
+def _record_routing(redis: Any, seconds: float) -> None:
+    _routing_pending.append(seconds)
+    _schedule_flush()
+    _pending_samples.append(seconds)
+    if len(_pending_samples) == 1:
+        asyncio.get_running_loop().call_later(_FLUSH_AFTER_S, lambda: asyncio.ensure_future(flush_routing(redis)))
 
 
 async def record_routing(redis: Any, seconds: float) -> None:
@@ -256,17 +329,14 @@ async def record_routing(redis: Any, seconds: float) -> None:
     Samples are pushed in one LPUSH per quarter second per process, not one round trip per
     order; the summary reads them from Redis, so every worker's decisions count.
     """
-    ROUTING_SECONDS.observe(seconds)
-    _pending_samples.append(f"{seconds * 1000:.3f}")
-    if len(_pending_samples) == 1:
-        asyncio.get_running_loop().call_later(_FLUSH_AFTER_S, lambda: asyncio.ensure_future(flush_routing(redis)))
+    _record_routing(redis, seconds)
 
 
 async def flush_routing(redis: Any) -> None:
     """Push the pending routing samples to Redis (one pipelined LPUSH + LTRIM)."""
     if not _pending_samples:
         return
-    batch = _pending_samples[:]
+    batch = [f"{x * 1000:.3f}" for x in _pending_samples]
     del _pending_samples[:]
     try:
         pipe = redis.pipeline(transaction=False)
@@ -287,7 +357,7 @@ def timed_routing(fn: F) -> F:
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         result = await fn(self, *args, **kwargs)
-        await record_routing(self.inventory.redis, time.perf_counter() - t0)
+        _record_routing(self.inventory.redis, time.perf_counter() - t0)
         return result
 
     return wrapper  # type: ignore[return-value]
@@ -320,6 +390,7 @@ class _DefaultRegistry:
 
 def exposition(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
     """The Prometheus text of every process's metrics plus `extra`; returns (body, content type)."""
+    flush_counts()  # this process's own counts are exact; others' lag by at most _FLUSH_AFTER_S
     registry = CollectorRegistry(auto_describe=False)
     path = multiprocess_dir()
     if path:
