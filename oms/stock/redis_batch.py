@@ -80,20 +80,6 @@ def client(url: str, *, max_connections: int = 64, timeout: float = 10) -> aiore
 AvailKey = Callable[[str], str]
 
 
-class _Read:
-    __slots__ = ("nodes", "skus", "future")
-
-    def __init__(self, nodes: Sequence[str], skus: Sequence[str], future: asyncio.Future) -> None:
-        self.nodes, self.skus, self.future = nodes, skus, future
-
-
-class _Command:
-    __slots__ = ("args", "future")
-
-    def __init__(self, args: tuple, future: asyncio.Future) -> None:
-        self.args, self.future = args, future
-
-
 #: commands whose first argument is their only key (the cluster batcher routes these without asking
 #: redis-py's command parser); EVAL/EVALSHA/FCALL route by their first key
 _FIRST_ARG_KEY = frozenset(
@@ -115,10 +101,10 @@ _REFRESH_EVERY_S = 0.5
 
 
 class _Read:
-    __slots__ = ("nodes", "skus", "future")
+    __slots__ = ("nodes", "skus", "future", "raw")
 
-    def __init__(self, nodes: Sequence[str], skus: Sequence[str], future: asyncio.Future) -> None:
-        self.nodes, self.skus, self.future = nodes, skus, future
+    def __init__(self, nodes: Sequence[str], skus: Sequence[str], future: asyncio.Future, raw: bool = False) -> None:
+        self.nodes, self.skus, self.future, self.raw = nodes, skus, future, raw
 
 
 class _Command:
@@ -182,6 +168,14 @@ class RedisBatcher:
             fut.set_result({})
             return fut
         self._reads.append(_Read(nodes, skus, fut))
+        self._kick()
+        return fut
+
+    def read_fields(self, node: str, fields: Sequence[str]) -> asyncio.Future:
+        """Queue a read of raw fields of one node's availability hash (merged into that node's
+        HMGET of this turn); the future holds field -> bytes or None."""
+        fut = asyncio.get_running_loop().create_future()
+        self._reads.append(_Read((node,), fields, fut, raw=True))
         self._kick()
         return fut
 
@@ -253,6 +247,9 @@ class RedisBatcher:
             missing = next((n for n in r.nodes if n not in levels), None) if failed else None
             if missing is not None:  # one of its nodes failed: this read fails with that error
                 r.future.set_exception(failed[missing])
+            elif r.raw:
+                got = levels[r.nodes[0]]
+                r.future.set_result({s: got[s] for s in r.skus})
             else:  # each caller gets its own dicts, holding just the SKUs it asked for
                 r.future.set_result({n: {s: int(levels[n][s] or 0) for s in r.skus} for n in r.nodes})
 
