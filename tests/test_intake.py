@@ -384,3 +384,17 @@ async def test_the_cluster_run_really_talks_to_a_three_master_redis_cluster(serv
 
     assert isinstance(services.redis, RedisCluster)
     assert len(services.redis.get_primaries()) == 3
+
+
+async def test_post_orders_without_the_admin_token_is_401_and_writes_nothing(client, world, services):
+    node = await world.node("auth", HOT_LAT, HOT_LNG)
+    sku = await world.sku("auth")
+    await world.stock(node, sku, 5)
+    body = world.order("auth-1", [(sku, 1)], lat=HOT_LAT, lng=HOT_LNG)
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        r = await client.post("/orders", json=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert "authorization" in r.text
+    assert await services.pool.fetchval("select count(*) from orders where external_id = $1", body["external_id"]) == 0
+    assert await _availability(services, node, sku) == 5
+    assert (await world.post_order(body)).status_code == 201  # the token the client sends

@@ -10,7 +10,7 @@ from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from oms.api import cursor
-from oms.api.auth import admin_guard
+from oms.api.auth import admin_only
 from oms.orders.model import WAITING, NormalizedOrder, Order, OrderStatus
 from oms.errors import Conflict, InvalidInput
 from oms.orders.cancel import cancel_order
@@ -40,7 +40,7 @@ class OrderPage(msgspec.Struct, kw_only=True):
 
 class OrderController(Controller):
     path = "/orders"
-    guards = [admin_guard]
+    middleware = [admin_only]
     tags = ["orders"]
 
     @post("", status_code=201, summary="Submit a normalized order (idempotent by channel + external_id)")
