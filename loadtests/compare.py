@@ -142,6 +142,8 @@ def one_round(args: argparse.Namespace, only: list[str], baselines_first: bool) 
     bench = Bench(args)
     env, own = bench_env()
     env["OMS_ADMIN_TOKEN"] = TOKEN
+    if args.no_dispatcher:
+        env["OMS_DISPATCHER"] = "0"
     print(f"seeding (embedded servers {'emptied, ' if own else ''}demo city, deep stock) ...", flush=True)
     skus = prepare_oms(env, own, False, {MIXED_HOT: 200, HOT: hot_stock, SELLOUT: args.sellout_stock})
     from oms.infra import embedded  # the same servers the OMS uses (started by prepare_oms)
@@ -231,6 +233,9 @@ def main() -> int:
     ap.add_argument("--sellout-stock", type=int, default=200, help="units of the oms-sellout SKU")
     ap.add_argument("--only", default=",".join(PHASES),
                     help="comma-separated phases to run (default all): " + ", ".join(PHASES))
+    ap.add_argument("--no-dispatcher", action="store_true",
+                    help="serve the OMS without its outbox dispatcher (OMS_DISPATCHER=0), to see its share; "
+                         "a real deployment runs it, so the default measures with it")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat everything from empty servers, the baselines first in every second round; "
                          "medians at the end (other work on a shared machine drifts within a run)")
@@ -279,18 +284,23 @@ def summarize(rounds: list[list[Row]]) -> None:
 def report(rows: list[Row], args: argparse.Namespace) -> int:
     print()
     print(f"{args.orders} orders per phase, {args.concurrency} connections, {args.workers} workers per server, "
-          f"1 load process, {os.cpu_count()} cores (shared: compare within this run)")
-    head = f"{'phase':<12} {'server':<8} {'orders/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/order':>12} {'others':>6}  " \
+          f"1 load process, {os.cpu_count()} cores (shared: compare within this run)"
+          + ("; the OMS without its dispatcher" if args.no_dispatcher else ""))
+    head = f"{'phase':<12} {'server':<8} {'orders/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/order':>12} {'disp.':>5} " \
+           f"{'pg':>5} {'others':>6}  " \
            f"{'HTTP':<12} {'hot SKU sold':>13} {'oversold':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         cpu = r.load.cpu["oms workers"] / len(r.load.lat) * 1000  # the server's worker processes
+        disp = r.load.cpu.get("oms dispatcher", 0.0) / len(r.load.lat) * 1000
+        pg = r.load.cpu["postgres"] / len(r.load.lat) * 1000
         others = r.load.cpu["load generator + other"] / len(r.load.lat) * 1000
         codes = " ".join(f"{k}×{v}" for k, v in sorted(r.load.codes.items()))
         print(f"{r.phase:<12} {r.server:<8} {r.load.rate:>9,.0f} {r.load.pct(0.5):>7.1f} {r.load.pct(0.99):>7.1f} "
-              f"{cpu:>12.3f} {others:>6.3f}  {codes:<12} {r.sold:>13} {r.oversold:>8}")
-    print("CPU ms/order: the server's worker processes only; others: CPU ms/order of the load generator and\n"
+              f"{cpu:>12.3f} {disp:>5.3f} {pg:>5.3f} {others:>6.3f}  {codes:<12} {r.sold:>13} {r.oversold:>8}")
+    print("CPU ms/order: the server's worker processes only; disp.: the OMS's outbox dispatcher (a child of\n"
+          "`oms serve`); pg: PostgreSQL; others: CPU ms/order of the load generator and\n"
           "every other process on the box (well above ~0.1: other work competed during that phase);\n"
           "hot SKU sold: units of the phase's scarce SKU sold / its stock, warm-up included;\n"
           "oversold: (node, SKU) pairs sold beyond their stock")

@@ -53,12 +53,22 @@ def cpu_seconds() -> dict[int, tuple[str, int, float]]:
     return out
 
 
+def _is_dispatcher(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"channels" in f.read()
+    except OSError:
+        return False
+
+
 def cpu_split(before: dict, after: dict, server_pid: int) -> dict[str, float]:
     """CPU seconds spent between two readings by the server's workers, PostgreSQL, Redis, the rest."""
-    split = {"oms workers": 0.0, "postgres": 0.0, "redis": 0.0, "load generator + other": 0.0}
+    split = {"oms workers": 0.0, "oms dispatcher": 0.0, "postgres": 0.0, "redis": 0.0, "load generator + other": 0.0}
     for pid, (name, ppid, t) in after.items():
         spent = t - before.get(pid, (name, ppid, 0.0))[2]
-        if ppid == server_pid or pid == server_pid:
+        if ppid == server_pid and _is_dispatcher(pid):  # `oms serve` runs the outbox dispatcher as a child
+            split["oms dispatcher"] += spent
+        elif ppid == server_pid or pid == server_pid:
             split["oms workers"] += spent
         elif name == "postgres":
             split["postgres"] += spent
