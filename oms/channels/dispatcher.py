@@ -59,6 +59,9 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 300.0
     idle_s: float = 0.2
+    #: passes start at least this far apart, so a burst of write notifications makes one pass,
+    #: not one per batch (a pass costs a few PostgreSQL round trips whether it finds 1 row or 500)
+    min_gap_s: float = 0.05
     #: full resync of every shop this often (0: only on demand)
     resync_every_s: float = 3600.0
     #: sync_log rows kept this long (the lag percentiles on /ops)
@@ -75,6 +78,7 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
             backoff_initial_s=float(e.get("OMS_SYNC_BACKOFF_S", base.backoff_initial_s)),
             backoff_max_s=float(e.get("OMS_SYNC_BACKOFF_MAX_S", base.backoff_max_s)),
             idle_s=float(e.get("OMS_SYNC_IDLE_S", base.idle_s)),
+            min_gap_s=float(e.get("OMS_SYNC_MIN_GAP_S", base.min_gap_s)),
             resync_every_s=float(e.get("OMS_SYNC_RESYNC_EVERY_S", base.resync_every_s)),
         )
 
@@ -117,10 +121,15 @@ class Dispatcher:
         listener = await self._listen()
         parent = os.environ.get("OMS_DISPATCHER_PARENT")
         try:
+            last_pass = 0.0
             while not self._stop.is_set():
                 if parent and os.getppid() != int(parent):  # `oms serve` that started us is gone
                     log.warning("the serving process exited: dispatcher stopping")
                     break
+                gap = self.settings.min_gap_s - (time.monotonic() - last_pass)
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                last_pass = time.monotonic()
                 try:
                     done = await self.run_once()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
