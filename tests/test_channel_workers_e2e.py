@@ -272,7 +272,10 @@ async def test_oms_channels_jd_runs_until_sigterm(services, settings, world):
                                                         stderr=asyncio.subprocess.PIPE)
             try:
                 async def stored() -> None:
-                    while not await orders_for(services, "jd", external_id):
+                    # the order, then the watermark the poll saves after it (SIGTERM between the two
+                    # would be a fair stop, but this test is about both being kept)
+                    while not (await orders_for(services, "jd", external_id) and await services.pool.fetchval(
+                            "select value from channel_watermarks where channel = $1", WATERMARK_KEY)):
                         assert proc.returncode is None, (await proc.stderr.read()).decode()
                         await asyncio.sleep(0.1)
                 await asyncio.wait_for(stored(), 30)
