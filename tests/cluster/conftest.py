@@ -34,3 +34,4 @@ async def cluster_redis(redis_cluster_url):
     await r.initialize()
     yield r
     await r.aclose()
+

@@ -5,43 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-import httpx
 import pytest_asyncio
+from clusterkit import service_on_own_cluster
 
-from oms.config import Settings
-from oms.infra.redis_cluster_local import start_cluster
 from oms.stock import inventory
 
 
 @pytest_asyncio.fixture(scope="module")
 async def cluster_stack(settings, tmp_path_factory):
-    """A cluster of this module's own (a master is killed here) and a database of its own."""
-    from oms.app import create_app
-    from oms.wiring import Services
-
-    cluster = start_cluster(tmp_path_factory.mktemp("service-cluster"), masters=3)
-    parts = urlsplit(settings.database_url)
-    dbname = "oms_cluster_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-    await admin.execute(f'create database "{dbname}"')
-    await admin.close()
-    s = Settings(database_url=urlunsplit(parts._replace(path="/" + dbname)), redis_url=cluster.url,
-                 data_dir=settings.data_dir, admin_token=settings.admin_token)
-    services = await Services.start(s)
-    app = create_app(s)
-    app.state.services = services
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://oms.test", timeout=60,
-                               headers={"Authorization": f"Bearer {settings.admin_token}"})
-    yield cluster, services, client
-    await client.aclose()
-    await services.close()
-    cluster.stop()
-    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-    await admin.execute(f'drop database if exists "{dbname}" with (force)')
-    await admin.close()
+    """A cluster and a database of this module's own, the service on them, an admin client."""
+    async with service_on_own_cluster(settings, tmp_path_factory.mktemp("service-cluster"), "oms_cluster_") as stack:
+        yield stack
 
 
 def _master_of(cluster, services, node_id: str):
