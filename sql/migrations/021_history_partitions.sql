@@ -2,7 +2,7 @@
 -- Old months can then be detached or dropped whole instead of deleted row by row; queries by
 -- order stay on (order_id, id) indexes per partition. A default partition takes any row no month
 -- covers, so an insert never fails for want of a partition; `history_partitions_ensure` (run at
--- every start-up) keeps the next months ready. `orders` itself is not partitioned: five tables
+-- every start-up) keeps the next months ready. `orders` itself is not partitioned: its child tables
 -- reference its id and its unique (channel, external_id) would need the partition key (README).
 alter table order_history rename to order_history_unpartitioned;
 alter index order_history_by_order rename to order_history_unpartitioned_by_order;
