@@ -91,7 +91,9 @@ class CatalogueController(Controller):
                 sorted(str(c) for c in set(data.capabilities)), data.delivery_radius_m, data.capacity_per_hour,
                 data.city, data.active,
             )
-            buckets_before = await conn.fetchval(Q["node_stock_buckets_set"], node_id, data.stock_buckets)
+            buckets_before = await conn.fetchval(Q["node_stock_buckets_for_update"], node_id)
+            if buckets_before != data.stock_buckets:
+                await conn.execute(Q["node_stock_buckets_set"], node_id, data.stock_buckets)
         if buckets_before != data.stock_buckets:
             # re-split its stock in Redis now (should this fail, the reconciler does it shortly)
             await services.fence.rebucket(node_id)

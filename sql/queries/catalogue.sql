@@ -9,11 +9,14 @@ on conflict (id) do update set
     city = excluded.city, active = excluded.active, updated_at = now()
 returning (xmax = 0) as created;
 
+-- name: node_stock_buckets_for_update
+-- A node's number of stock buckets, its row locked until the caller's transaction ends (read
+-- apart from the update: in one statement, a generic plan may run the update first and the
+-- locking read then skips the row it changed, which read as "no count before")
+select stock_buckets from nodes where id = $1 for update;
+
 -- name: node_stock_buckets_set
--- A node's number of stock buckets (primary key); returns the number it had before.
-with old as (select stock_buckets from nodes where id = $1 for update)
-update nodes set stock_buckets = $2 where id = $1
-returning (select stock_buckets from old);
+update nodes set stock_buckets = $2 where id = $1;
 
 -- name: nodes_all
 select id, kind, name, lat, lng, h3_cell, capabilities, delivery_radius_m, capacity_per_hour, city, active,
