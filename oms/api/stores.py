@@ -102,12 +102,12 @@ class StoreController(Controller):
 
     @get("/picklist", summary="Work allocated here and not yet picked, most urgent first; ETag / If-None-Match")
     async def picklist(self, node_id: str, request: Request, services: Services) -> Response[model.PickList]:
-        now = model.utcnow()
-        etag = await picklist.pick_list_etag(services, node_id, now)
+        etag, listing = await picklist.read_pick_list(
+            services, node_id, model.utcnow(), lambda tag: _etag_matches(request.headers.get("if-none-match"), tag))
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if _etag_matches(request.headers.get("if-none-match"), etag):
+        if listing is None:
             return Response(content=b"", status_code=304, headers=headers)
-        return Response(await picklist.pick_list(services, node_id, now), headers=headers)
+        return Response(listing, headers=headers)
 
     @post("/orders/{order_id:str}/picked", status_code=200,
           summary="Picked: delivery ready for the courier; pickup ready, and a code goes to the buyer")

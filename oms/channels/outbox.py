@@ -117,15 +117,19 @@ class SyncFigures(msgspec.Struct, frozen=True, kw_only=True):
     cancels: list[CancelForOps] = []
 
 
-async def figures(pool: asyncpg.Pool, window_s: float = 900.0) -> SyncFigures:
-    """Sync lag percentiles over the last `window_s`, queues and failures per channel, per shop."""
-    async with pool.acquire() as conn:
-        lags = {(r["channel"], r["kind"]): r for r in await conn.fetch(Q["ops_sync_lag"], window_s)}
-        queues = {r["channel"]: r for r in await conn.fetch(Q["ops_sync_queues"])}
-        shop_rows = await conn.fetch(Q["ops_sync_shops"])
-        pending = await conn.fetchval(Q["ops_outbox_pending"])
-        cancels = await conn.fetchval(Q["ops_cancels_for_ops"])
-        cancel_rows = await conn.fetch(Q["ops_cancels_list"], 50) if cancels else []
+async def figures(db: asyncpg.Pool | asyncpg.Connection, window_s: float = 900.0) -> SyncFigures:
+    """Sync lag percentiles over the last `window_s`, queues and failures per channel, per shop
+    (on a connection of the caller's, e.g. the read replica's, or one of the pool's)."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await figures(conn, window_s)
+    conn = db
+    lags = {(r["channel"], r["kind"]): r for r in await conn.fetch(Q["ops_sync_lag"], window_s)}
+    queues = {r["channel"]: r for r in await conn.fetch(Q["ops_sync_queues"])}
+    shop_rows = await conn.fetch(Q["ops_sync_shops"])
+    pending = await conn.fetchval(Q["ops_outbox_pending"])
+    cancels = await conn.fetchval(Q["ops_cancels_for_ops"])
+    cancel_rows = await conn.fetch(Q["ops_cancels_list"], 50) if cancels else []
     channels = sorted({c for c, _ in lags} | set(queues))
 
     def lag(channel: str, kind: str, q: str) -> float | None:

@@ -72,6 +72,16 @@ async def create_pool(url: str, size: int = 10, server_settings: dict[str, str] 
     )
 
 
+async def create_replica_pool(url: str, size: int = 10) -> asyncpg.Pool:
+    """A pool on a read replica (oms.infra.reads). It opens no connection up front, so the service
+    starts while the replica is down, and gives up on one quickly: a read it cannot serve runs on
+    the primary instead, so waiting long on the replica only delays the answer."""
+    return await asyncpg.create_pool(
+        url, min_size=0, max_size=size, init=_init_connection, command_timeout=10, timeout=3,
+        server_settings={"application_name": "oms-reads"},
+    )
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply the numbered migrations not yet applied; returns their names. Safe to run concurrently."""
     applied: list[str] = []

@@ -191,6 +191,13 @@ IN_DOUBT_WRITES = Counter(
     "read-back found: stored, not_stored",
     ["outcome"],
 )
+READ_REPLICA_FALLBACKS = Counter(
+    "oms_read_replica_fallbacks", "Lag-tolerant reads the primary served instead of the read replica, by why: "
+    "unavailable (down, refusing, connection lost), error (it refused the statement), behind (it had not got "
+    "the row yet)",
+    ["reason"],
+)
+
 
 #: Redis list of recent routing decision times in milliseconds, newest first
 ROUTING_SAMPLES_KEY = "ops:routing_ms"
@@ -309,6 +316,10 @@ def reconciled(kind: str, n: int) -> None:
 
 def in_doubt_resolved(stored: bool) -> None:
     IN_DOUBT_WRITES.labels("stored" if stored else "not_stored").inc()
+
+
+def read_replica_fallback(reason: str) -> None:
+    _count(READ_REPLICA_FALLBACKS, (reason,))
 
 
 #: samples (s) waiting to be pushed to Redis; flushed together so the hot path never waits on it

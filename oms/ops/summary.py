@@ -11,7 +11,9 @@ sql/migrations/017_ops_rollups.sql), and the live lists are bounded index reads 
 reads only the open orders due within their node's horizon, not every open fulfilment).
 
 The summary is cached in Redis for a second (SUMMARY_CACHE_MS), so a room full of wall screens
-and several workers cost PostgreSQL one set of queries per second, not one per screen.
+and several workers cost PostgreSQL one set of queries per second, not one per screen. Its reads
+run on the read replica when OMS_DATABASE_READ_URL names one (oms.infra.reads); the one write,
+folding the rollups, runs on the primary, at most once a second (fold_rollups).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import h3
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 
 from oms.channels.outbox import SyncFigures, figures as sync_figures
-from oms.infra.db import Q
+from oms.infra.db import Q, connection_lost
 from oms.network.promise import PromiseClock
 from oms.ops import metrics
 from oms.stock.inventory import Inventory
@@ -42,6 +45,9 @@ WINDOW_MINUTES = 60
 AT_RISK_LISTED = 50
 SUMMARY_CACHE_KEY = "ops:summary:v1"
 SUMMARY_CACHE_MS = 1000
+#: the rollups are folded at most this often (fold_rollups), whoever asks
+FOLD_THROTTLE_KEY = "ops:fold:recent"
+FOLD_EVERY_MS = 1000
 MAP_RADIUS_M = 60_000
 
 
@@ -331,20 +337,30 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
     since = since or day_start(now)
     minute0 = now.replace(second=0, microsecond=0) - timedelta(minutes=WINDOW_MINUTES - 1)
     clock = PromiseClock.from_settings(settings)
-    async with services.pool.acquire() as conn:
-        await conn.execute(Q["ops_fold"])
+    await fold_rollups(services)
+
+    async def read(conn: asyncpg.Connection) -> dict[str, Any]:
         # one snapshot: the rollups, the live lists and the oversell check describe the same moment
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            channel_rows = await conn.fetch(Q["ops_channel_totals"], since, _ceil(since, timedelta(minutes=1)))
-            minute_rows = await conn.fetch(Q["ops_orders_per_minute"], minute0)
-            backordered_open = await conn.fetchval(Q["ops_backordered_count"])
-            reasons = await conn.fetch(Q["ops_backorder_reasons"], 8)
-            recent = await conn.fetch(Q["ops_backorders_recent"], 10)
-            oos = await conn.fetch(Q["ops_top_out_of_stock"], since, _ceil(since, timedelta(hours=1)), 10)
-            nodes = await conn.fetch(Q["nodes_all"])
-            work = await open_work(conn, clock, now, {n["id"]: n["name"] for n in nodes})
-            pg_oversold = await postgres_oversold(conn)
-            stocked = await conn.fetch(Q["ops_stock_nodes"], [r["sku"] for r in oos]) if oos else []
+            r: dict[str, Any] = dict(
+                channel_rows=await conn.fetch(Q["ops_channel_totals"], since, _ceil(since, timedelta(minutes=1))),
+                minute_rows=await conn.fetch(Q["ops_orders_per_minute"], minute0),
+                backordered_open=await conn.fetchval(Q["ops_backordered_count"]),
+                reasons=await conn.fetch(Q["ops_backorder_reasons"], 8),
+                recent=await conn.fetch(Q["ops_backorders_recent"], 10),
+                oos=await conn.fetch(Q["ops_top_out_of_stock"], since, _ceil(since, timedelta(hours=1)), 10),
+                nodes=await conn.fetch(Q["nodes_all"]),
+                pg_oversold=await postgres_oversold(conn))
+            r["work"] = await open_work(conn, clock, now, {n["id"]: n["name"] for n in r["nodes"]})
+            r["stocked"] = await conn.fetch(Q["ops_stock_nodes"], [x["sku"] for x in r["oos"]]) if r["oos"] else []
+        r["channel_sync"] = await sync_figures(conn)
+        return r
+
+    # on the read replica when there is one: every figure here tolerates its lag
+    pg = await services.reads.run(read)
+    channel_rows, minute_rows, backordered_open, reasons, recent, oos, nodes, pg_oversold, work, stocked = (
+        pg[k] for k in ("channel_rows", "minute_rows", "backordered_open", "reasons", "recent", "oos", "nodes",
+                        "pg_oversold", "work", "stocked"))
     node_ids = [n["id"] for n in nodes]
     active = [n for n in nodes if n["active"]]
     rd_oversold = await redis_oversold(services.inventory, node_ids)
@@ -390,8 +406,21 @@ async def build_summary(services: Any, *, since: datetime | None = None, city: s
         assumptions=Assumptions(delivery_promise_minutes=settings.delivery_promise_minutes,
                                 courier_minutes=settings.courier_minutes,
                                 picking_minutes=clock.pick_minutes),
-        channel_sync=await sync_figures(services.pool),
+        channel_sync=pg["channel_sync"],
     )
+
+
+async def fold_rollups(services: Any) -> None:
+    """Fold the rollups' appended rows into their totals, on the primary (a write), at most once a
+    second over all processes. Readers sum folded and appended rows alike, so they are exact
+    without it: it only keeps what they sum short. A primary that cannot fold now (down) is left
+    alone: the summary still reads, from the replica when there is one."""
+    if not await services.redis.set(FOLD_THROTTLE_KEY, b"1", nx=True, px=FOLD_EVERY_MS):
+        return
+    try:
+        await services.pool.execute(Q["ops_fold"])
+    except Exception as exc:  # noqa: BLE001 - the next summary folds again
+        (metrics.log.debug if connection_lost(exc) else metrics.log.warning)("could not fold the ops rollups: %r", exc)
 
 
 async def _stock_now(inventory: Inventory, active: list[Any], skus: list[str],
@@ -529,7 +558,7 @@ def city_map(active_nodes: list[Any], city: str | None = None) -> CityMap:
 
 
 async def build_map(services: Any, city: str | None = None) -> CityMap:
-    nodes = [n for n in await services.pool.fetch(Q["nodes_all"]) if n["active"]]
+    nodes = [n for n in await services.reads.run(lambda conn: conn.fetch(Q["nodes_all"])) if n["active"]]
     return city_map(nodes, city)
 
 
@@ -538,15 +567,17 @@ async def build_map(services: Any, city: str | None = None) -> CityMap:
 async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
     """State read from PostgreSQL and Redis when Prometheus scrapes, the same from any worker."""
     ok = GaugeMetricFamily("oms_ops_scrape_ok", "1 when the gauges below could be read from PostgreSQL and Redis")
+    now = datetime.now(timezone.utc)
+
+    async def read(conn: asyncpg.Connection) -> tuple[Any, ...]:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return (await conn.fetch(Q["nodes_all"]),
+                    (await open_work(conn, PromiseClock.from_settings(services.settings), now, {})).load,
+                    await conn.fetchval(Q["ops_backordered_count"]), await postgres_oversold(conn))
+
     try:
-        now = datetime.now(timezone.utc)
-        async with services.pool.acquire() as conn:
-            await conn.execute(Q["ops_fold"])
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                nodes = await conn.fetch(Q["nodes_all"])
-                load = (await open_work(conn, PromiseClock.from_settings(services.settings), now, {})).load
-                backordered = await conn.fetchval(Q["ops_backordered_count"])
-                pg_oversold = await postgres_oversold(conn)
+        await fold_rollups(services)
+        nodes, load, backordered, pg_oversold = await services.reads.run(read)  # the replica's, when there is one
         rd_oversold = await redis_oversold(services.inventory, [n["id"] for n in nodes])
     except Exception:
         metrics.log.exception("could not read the ops gauges")
@@ -577,7 +608,7 @@ async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
 async def _sync_gauges(services: Any) -> list[GaugeMetricFamily]:
     """Outbox queues per channel (lag histograms are oms_sync_lag_seconds, from the dispatcher)."""
     try:
-        fig = await sync_figures(services.pool)
+        fig = await services.reads.run(sync_figures)
     except Exception:
         metrics.log.exception("could not read the outbox gauges")
         return []
