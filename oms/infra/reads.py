@@ -81,7 +81,7 @@ class Reads:
                     self._refusal_logged_at = time.monotonic()
                     log.warning("the read replica refused a read (%r); it runs on the primary", exc)
                 return await self._on(self.primary, read)
-            self._went_down(exc)
+            await self._went_down(exc)
             self.on_fallback("unavailable")
             return await self._on(self.primary, read)
         self._answered()
@@ -95,8 +95,10 @@ class Reads:
         async with pool.acquire() as conn:
             return await read(conn)
 
-    def _went_down(self, exc: BaseException) -> None:
+    async def _went_down(self, exc: BaseException) -> None:
         self._skip_until = time.monotonic() + self.retry_after_s
+        # its idle connections died with it (a restart, a failover): the next try opens new ones
+        await self.replica.expire_connections()
         if not self._down:
             self._down = True
             log.warning("the read replica is unavailable (%r): its reads go to the primary, and it is "
