@@ -236,6 +236,10 @@ async def test_pick_list_and_order_list_are_read_from_the_replica_and_lag_while_
         assert second["id"] not in await _pick_list_ids(c, node, auth)
         listed = await _listed_ids(c)
         assert first["id"] in listed and second["id"] not in listed
+        gauges = (await c.get("/metrics")).text
+        assert "oms_read_replica_up 1.0" in gauges
+        lag = re.search(r"^oms_read_replica_lag_bytes (\S+)$", gauges, re.M)
+        assert lag and float(lag.group(1)) > 0, gauges[-2000:]
         # the store acts on the primary: an order its list does not show yet can be picked
         r = await c.post(f"/stores/{node}/orders/{second['id']}/picked", headers=auth)
         assert r.status_code == 200, r.text
@@ -281,6 +285,7 @@ async def test_a_stopped_replica_costs_reads_nothing_and_they_return_to_it_when_
         down = (await cluster.fallbacks()).get("unavailable", 0)
         assert down >= before + 5, (before, down)
         assert cluster.svc.reads.replica_up is False
+        assert "oms_read_replica_up 0.0" in (await c.get("/metrics")).text
     finally:
         cluster.standby.start()
     await cluster.caught_up()

@@ -26,7 +26,7 @@ from typing import TypeVar
 import asyncpg
 
 from oms.errors import NotFound, OmsError
-from oms.infra.db import connection_lost
+from oms.infra.db import Q, connection_lost
 
 log = logging.getLogger("oms.reads")
 
@@ -59,6 +59,19 @@ class Reads:
     def replica_up(self) -> bool | None:
         """None without a replica; else False while reads skip it after a failure."""
         return None if self.replica is None else not self._down
+
+    async def lag_bytes(self) -> int | None:
+        """WAL the primary has written and the replica not yet replayed (None without a replica or
+        when either cannot say); the staleness of what the replica answers."""
+        if self.replica is None:
+            return None
+        try:
+            async with self.replica.acquire() as conn:
+                replayed = await conn.fetchval(Q["replica_replayed_lsn"])
+            async with self.primary.acquire() as conn:
+                return None if replayed is None else await conn.fetchval(Q["primary_wal_behind"], replayed)
+        except Exception:  # noqa: BLE001 - a gauge left out; the reads themselves fall back
+            return None
 
     async def run(self, read: Read[T], *, stale_if: Callable[[T], bool] | None = None) -> T:
         """`read` on one connection: the replica's when there is one and it answers, else the primary's."""

@@ -602,7 +602,24 @@ async def scrape_gauges(services: Any) -> list[GaugeMetricFamily]:
                              labels=["source"])
     over.add_metric(["postgres"], len(pg_oversold))
     over.add_metric(["redis"], len(rd_oversold))
-    return [ok, picks, risk, late, back, over, *await _sync_gauges(services)]
+    return [ok, picks, risk, late, back, over, *await _replica_gauges(services), *await _sync_gauges(services)]
+
+
+async def _replica_gauges(services: Any) -> list[GaugeMetricFamily]:
+    """With a read replica: whether reads use it, and how far its replay is behind the primary."""
+    up = services.reads.replica_up
+    if up is None:
+        return []
+    state = GaugeMetricFamily("oms_read_replica_up", "1 while lag-tolerant reads go to the read replica, "
+                              "0 while they fall back to the primary")
+    state.add_metric([], 1 if up else 0)
+    lag = await services.reads.lag_bytes()
+    if lag is None:
+        return [state]
+    behind = GaugeMetricFamily("oms_read_replica_lag_bytes", "WAL the primary wrote that the read replica "
+                               "has not replayed yet")
+    behind.add_metric([], max(lag, 0))
+    return [state, behind]
 
 
 async def _sync_gauges(services: Any) -> list[GaugeMetricFamily]:
