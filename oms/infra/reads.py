@@ -63,7 +63,7 @@ class Reads:
     async def lag_bytes(self) -> int | None:
         """WAL the primary has written and the replica not yet replayed (None without a replica or
         when either cannot say); the staleness of what the replica answers."""
-        if self.replica is None:
+        if self.replica is None or self._down:
             return None
         try:
             async with self.replica.acquire() as conn:
@@ -85,7 +85,7 @@ class Reads:
         except NotFound:
             self.on_fallback("behind")
             return await self._on(self.primary, read)
-        except OmsError:  # the answer itself (bad input, a conflict): the primary would say the same
+        except (OmsError, asyncpg.DataError):  # the answer to this input: the primary would say the same
             raise
         except Exception as exc:  # noqa: BLE001 - every replica failure is retried on the primary
             if not _replica_unreachable(exc):
