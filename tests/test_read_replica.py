@@ -29,7 +29,6 @@ import msgspec
 import pytest
 
 from oms.infra import embedded
-from oms.infra.db import Q
 from oms.ops import summary as ops
 from oms.wiring import Services
 
