@@ -319,3 +319,18 @@ async def test_minutes_and_hours_are_utc_whatever_the_session_time_zone(services
             minute, hour = await conn.fetchrow("select ops_minute_of($1), ops_hour_of($1)", stamp)
     assert minute == stamp.replace(second=0, microsecond=0)
     assert hour == stamp.replace(minute=0, second=0, microsecond=0)
+
+
+async def test_the_timer_round_folds_the_rollups_when_nobody_opens_the_summary(world, services):
+    from oms.orders import timers
+
+    sku = await world.sku("fold-sku", 500)
+    node, _ = await _store(world, "fold", capacity=30)
+    await world.stock(node, sku, 5)
+    at = dict(zip(("lat", "lng"), _spot(world)))
+    await _post(world, world.order("fold-1", [(sku, 1)], channel="jd", **at))
+    assert await services.pool.fetchval("select count(*) from ops_minute where not folded") > 0
+    await services.redis.delete(ops.FOLD_THROTTLE_KEY)  # a fold a moment ago would skip this one
+    await timers.run_once(services)
+    assert await services.pool.fetchval("select count(*) from ops_minute where not folded") == 0
+    await assert_rollups_match(services.pool, "folded by the timer round")

@@ -7,6 +7,8 @@
                        itself, so nothing is sent to it
     at-risk escalation one-hour orders about to miss (or past) their promise are escalated once:
                        history, log and the ops view say so
+    rollup fold        the ops rollups' appended rows are added into their totals (on the
+                       primary), so what /ops/summary sums stays short on a day nobody opens it
 
 Every step is idempotent and safe beside another run, but one process at a time runs them: the
 job holds the lease `timers` (oms/infra/lease.py) so any number of `oms serve` workers and hosts
@@ -27,6 +29,7 @@ from oms.infra.db import Q
 from oms.infra.lease import Lease, run_exclusively
 from oms.orders.cancel import cancel_order
 from oms.orders.model import OrderStatus
+from oms.ops.summary import fold_rollups
 from oms.stores.expiry import expire_uncollected_pickups
 from oms.stores.model import utcnow
 
@@ -46,11 +49,13 @@ class TimerRound(msgspec.Struct, kw_only=True):
 async def run_once(svc: Services, now: datetime | None = None, limit: int = 200) -> TimerRound:
     """One round of every timer (`now` lets tests move the clock)."""
     now = now or utcnow()
-    return TimerRound(
+    done = TimerRound(
         pickups_expired=await expire_uncollected_pickups(svc, now=now, limit=limit),
         unpaid_expired=await expire_unpaid(svc, now, limit),
         escalated=await escalate_at_risk(svc, now, limit),
     )
+    await fold_rollups(svc)
+    return done
 
 
 async def expire_unpaid(svc: Services, now: datetime, limit: int = 200) -> list[str]:
