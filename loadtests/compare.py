@@ -287,7 +287,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> int:
           f"1 load process, {os.cpu_count()} cores (shared: compare within this run)"
           + ("; the OMS without its dispatcher" if args.no_dispatcher else ""))
     head = f"{'phase':<12} {'server':<8} {'orders/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/order':>12} {'disp.':>5} " \
-           f"{'pg':>5} {'others':>6}  " \
+           f"{'pg':>5} {'redis':>5} {'load':>5} {'box':>5}  " \
            f"{'HTTP':<12} {'hot SKU sold':>13} {'oversold':>8}"
     print(head)
     print("-" * len(head))
@@ -295,13 +295,15 @@ def report(rows: list[Row], args: argparse.Namespace) -> int:
         cpu = r.load.cpu["oms workers"] / len(r.load.lat) * 1000  # the server's worker processes
         disp = r.load.cpu.get("oms dispatcher", 0.0) / len(r.load.lat) * 1000
         pg = r.load.cpu["postgres"] / len(r.load.lat) * 1000
-        others = r.load.cpu["load generator + other"] / len(r.load.lat) * 1000
+        redis = r.load.cpu["redis"] / len(r.load.lat) * 1000
+        load = r.load.cpu["load generator"] / len(r.load.lat) * 1000
+        box = r.load.cpu["other work"] / len(r.load.lat) * 1000
         codes = " ".join(f"{k}×{v}" for k, v in sorted(r.load.codes.items()))
         print(f"{r.phase:<12} {r.server:<8} {r.load.rate:>9,.0f} {r.load.pct(0.5):>7.1f} {r.load.pct(0.99):>7.1f} "
-              f"{cpu:>12.3f} {disp:>5.3f} {pg:>5.3f} {others:>6.3f}  {codes:<12} {r.sold:>13} {r.oversold:>8}")
+              f"{cpu:>12.3f} {disp:>5.3f} {pg:>5.3f} {redis:>5.3f} {load:>5.3f} {box:>5.3f}  {codes:<12} {r.sold:>13} {r.oversold:>8}")
     print("CPU ms/order: the server's worker processes only; disp.: the OMS's outbox dispatcher (a child of\n"
-          "`oms serve`); pg: PostgreSQL; others: CPU ms/order of the load generator and\n"
-          "every other process on the box (well above ~0.1: other work competed during that phase);\n"
+          "`oms serve`); pg, redis: the bench's own servers; load: the load generator; box: every\n"
+          "other process on the box (well above ~0.05: other work competed during that phase);\n"
           "hot SKU sold: units of the phase's scarce SKU sold / its stock, warm-up included;\n"
           "oversold: (node, SKU) pairs sold beyond their stock")
     print()

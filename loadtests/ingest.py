@@ -61,21 +61,44 @@ def _is_dispatcher(pid: int) -> bool:
         return False
 
 
-def cpu_split(before: dict, after: dict, server_pid: int) -> dict[str, float]:
-    """CPU seconds spent between two readings by the server's workers, PostgreSQL, Redis, the rest."""
-    split = {"oms workers": 0.0, "oms dispatcher": 0.0, "postgres": 0.0, "redis": 0.0, "load generator + other": 0.0}
+def _own_servers(data_dir: Path | None) -> tuple[int, int]:
+    """The pids of the embedded PostgreSQL postmaster and Redis under `data_dir` (-1 when unknown)."""
+    d = data_dir or Path(os.environ.get("OMS_DATA_DIR", ROOT / ".oms-bench"))
+    pids = []
+    for f in (d / "pg" / "postmaster.pid", d / "redis" / "redis.pid"):
+        try:
+            pids.append(int(f.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pids.append(-1)
+    return pids[0], pids[1]
+
+
+def cpu_split(before: dict, after: dict, server_pid: int, data_dir: Path | None = None) -> dict[str, float]:
+    """CPU seconds spent between two readings by the server's workers, its PostgreSQL and Redis,
+    the load generator, and other work on the box.
+
+    PostgreSQL and Redis are the bench's own servers (by the pid files under the data directory),
+    so test servers or other benches running meanwhile land in "other work"; with servers given by
+    URL, every process named postgres / redis-server counts.
+    """
+    split = {"oms workers": 0.0, "oms dispatcher": 0.0, "postgres": 0.0, "redis": 0.0,
+             "load generator": 0.0, "other work": 0.0}
+    pg_pid, redis_pid = _own_servers(data_dir)
+    me = os.getpid()
     for pid, (name, ppid, t) in after.items():
         spent = t - before.get(pid, (name, ppid, 0.0))[2]
         if ppid == server_pid and _is_dispatcher(pid):  # `oms serve` runs the outbox dispatcher as a child
             split["oms dispatcher"] += spent
         elif ppid == server_pid or pid == server_pid:
             split["oms workers"] += spent
-        elif name == "postgres":
+        elif name == "postgres" and (pg_pid < 0 or pg_pid in (pid, ppid)):
             split["postgres"] += spent
-        elif name == "redis-server":
+        elif name == "redis-server" and (redis_pid < 0 or pid == redis_pid):
             split["redis"] += spent
+        elif me in (pid, ppid):
+            split["load generator"] += spent
         else:
-            split["load generator + other"] += spent
+            split["other work"] += spent
     return split
 
 

@@ -19,11 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import BIN, ROOT, build_bodies, cpu_seconds  # noqa: E402
-
-
-def _spent(before: dict, after: dict, name: str) -> float:
-    return sum(t - before.get(pid, (n, p, 0.0))[2] for pid, (n, p, t) in after.items() if n == name)
+from ingest import BIN, ROOT, build_bodies, cpu_seconds, cpu_split  # noqa: E402
 
 
 async def run(n: int, concurrency: int) -> None:
@@ -58,9 +54,10 @@ async def run(n: int, concurrency: int) -> None:
         await drive(orders[2000:])
         wall, cpu, after = time.perf_counter() - t0, time.process_time() - c0, cpu_seconds()
         print(f"{n} orders with {concurrency} concurrent tasks: {n / wall:,.0f} orders/s in one process")
+        split = cpu_split(before, after, -1)  # this process is the "load generator"
         print(f"CPU per order (ms): intake process {cpu / n * 1000:.3f}, "
-              f"postgres {_spent(before, after, 'postgres') / n * 1000:.3f}, "
-              f"redis {_spent(before, after, 'redis-server') / n * 1000:.3f}")
+              f"postgres {split['postgres'] / n * 1000:.3f}, redis {split['redis'] / n * 1000:.3f}; "
+              f"other work on the box {split['other work'] / n * 1000:.3f}")
     finally:
         await s.close()
 
