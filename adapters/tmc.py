@@ -246,7 +246,7 @@ def connect_frame(app_key: str, app_secret: str, group_name: str, timestamp_ms: 
 
 def confirm_frame(token: str, message_id: int | str) -> bytes:
     """Confirm one message by id (unconfirmed messages are redelivered by Taobao)."""
-    ident: int | str = int(message_id) if str(message_id).isdigit() else str(message_id)
+    ident: int | str = int(message_id) if str(message_id).isascii() and str(message_id).isdigit() else str(message_id)
     return encode_frame(
         Frame(message_type=MessageType.SEND, token=token, headers={"__kind": MessageKind.CONFIRM, "id": ident})
     )

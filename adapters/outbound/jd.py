@@ -141,7 +141,7 @@ def logistics_fields(waybills: Sequence[Waybill]) -> tuple[str, str]:
         if code is None:
             raise OutboundInputError(f"jd has no carrier id for {bill.carrier}")
         code_text = str(code)
-        if not code_text.isdigit():
+        if not (code_text.isascii() and code_text.isdigit()):
             raise OutboundInputError("jd logiCoprId must be numeric")
         number = bill.tracking_no.strip()
         if any(c in number for c in "|,"):

@@ -216,7 +216,7 @@ def _errcode(doc: dict[str, Any]) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 12:
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit() and len(value) < 12:  # "²".isdigit()
         return int(value)
     return None
 

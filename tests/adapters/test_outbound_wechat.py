@@ -134,3 +134,9 @@ def test_json_of_any_shape_never_raises(errcode, order):
 def test_garbage_is_retryable():
     assert wechat.parse_upload_shipping_info(200, b"\x00\x01").kind is OutcomeKind.RETRYABLE
     assert wechat.parse_upload_shipping_info(200, b'{"errmsg":"ok"}').kind is OutcomeKind.RETRYABLE
+
+
+def test_an_errcode_of_unicode_digits_is_not_a_number():
+    # "²".isdigit() is true but int("²") raises: such a reply is unreadable, not a crash
+    body = json.dumps({"errcode": "²", "errmsg": "x"}).encode()
+    assert wechat.parse_upload_shipping_info(200, body).kind is OutcomeKind.RETRYABLE
