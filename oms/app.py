@@ -46,7 +46,8 @@ def start_background(services: Services) -> list[asyncio.Task]:
     its stock, and the reconciler (which works only while this process holds its lease)."""
     s = services.settings
     reconciler = Reconciler(services.pool, services.redis, services.inventory, services.fence,
-                            grace_s=s.reconcile_grace_s, interval_s=s.reconcile_interval_s)
+                            grace_s=s.reconcile_grace_s, interval_s=s.reconcile_interval_s,
+                            full_s=s.reconcile_full_s)
     services.reconciler = reconciler
     loop = asyncio.get_running_loop()
     return [loop.create_task(services.fence.watch(services.nodes)), loop.create_task(reconciler.run())]

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_interval_s: float = 2.0
     #: a reservation with no order, made by a live process, is released after this many seconds
     reconcile_grace_s: float = 60.0
+    #: seconds between the reconciler's full passes (every record; the passes between look at recent ones)
+    reconcile_full_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -79,6 +81,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             metrics_public=e.get("OMS_METRICS_PUBLIC", "") in ("1", "true", "yes"),
             reconcile_interval_s=float(e.get("OMS_RECONCILE_INTERVAL_S", 2.0)),
             reconcile_grace_s=float(e.get("OMS_RECONCILE_GRACE_S", 60.0)),
+            reconcile_full_s=float(e.get("OMS_RECONCILE_FULL_S", 60.0)),
         )
 
 

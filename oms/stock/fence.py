@@ -223,7 +223,7 @@ def reapply(node: str, fid: str, lines: dict[str, int], buckets: int = 1) -> tup
         argv += [sku, qty]
     b = inventory.bucket_id(node, home_bucket(fid, buckets))
     return [inventory.avail_key(b), inventory.reserved_key(b), inventory.record_key(b, fid),
-            inventory.holders_key(b)], argv
+            inventory.holders_key(b), inventory.recent_key(b)], argv
 
 
 async def _count_in_redis(redis: aioredis.Redis, node: str) -> int:

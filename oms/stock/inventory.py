@@ -7,7 +7,12 @@ Keys are hash-tagged by node (`inv:{NODE}:...`) so every script touches one Redi
                           also the field GEN_FIELD: the node's generation marker (below)
     inv:{N}:res:<fid>     hash sku -> units of one fulfilment's reservation (its idempotency key)
     inv:{N}:holders       hash fid -> the process that made the reservation ('pg': a rebuild):
-                          the index the reconciler and the repair script walk
+                          the index of every record, which the reconciler's full pass pages through
+    inv:{N}:recent        sorted set fid, scored by the milliseconds in the id (ids are time-ordered):
+                          the records made lately, which the reconciler's fast pass reads instead of
+                          the whole index. Added by reserve (and put-backs), never removed by release
+                          or commit (the index says whether a record is still held): the reconciler
+                          trims it to the last RECENT_KEEP_S, so it costs one ZADD per reservation.
 Available = on-hand - reserved. PostgreSQL holds the same facts (`stock`, `reservations`) and
 `rebuild` / the fence (oms.stock.fence) recompute these keys from it.
 
@@ -33,6 +38,7 @@ is decided on an empty Redis. The fence rebuilds the node and the caller tries a
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -91,6 +97,21 @@ def avail_key(node: str) -> str:
 
 def holders_key(node: str) -> str:
     return f"inv:{{{node}}}:holders"
+
+
+def recent_key(node: str) -> str:
+    return f"inv:{{{node}}}:recent"
+
+
+#: how far back the recent index keeps records (the reconciler trims it to this; install fills it)
+RECENT_KEEP_S = 60.0
+
+
+def fid_ms(fulfillment_id: str) -> int:
+    """The milliseconds in a fulfilment id (oms.infra.ids), as the scripts score it; 0 when it is
+    not one (such a record is never recent: the reconciler's full pass sees it)."""
+    stamp = fulfillment_id[1:10]
+    return int(stamp, 36) if stamp.isascii() and stamp.isalnum() else 0
 
 
 def record_prefix(node: str) -> str:
@@ -187,9 +208,10 @@ class Inventory:
 
     # ---- reserve -----------------------------------------------------------------------------
     async def _reserve_at(self, bucket: str, fulfillment_id: str, argv: list[str | int]) -> list:
-        keys = [avail_key(bucket), reserved_key(bucket), record_key(bucket, fulfillment_id), holders_key(bucket)]
+        keys = [avail_key(bucket), reserved_key(bucket), record_key(bucket, fulfillment_id), holders_key(bucket),
+                recent_key(bucket)]
         try:
-            return await self.batch.command("EVALSHA", self._reserve.sha, 4, *keys, *argv)
+            return await self.batch.command("EVALSHA", self._reserve.sha, 5, *keys, *argv)
         except NoScriptError:  # Redis restarted and forgot the script: this call loads it
             return await self._reserve(keys=keys, args=argv)
 
@@ -317,9 +339,10 @@ class Inventory:
                 else:
                     bucket = ""  # fenced: wait
             if bucket:
-                keys = [avail_key(bucket), reserved_key(bucket), record_key(bucket, fulfillment_id), holders_key(bucket)]
+                keys = [avail_key(bucket), reserved_key(bucket), record_key(bucket, fulfillment_id),
+                        holders_key(bucket), recent_key(bucket)]
                 try:
-                    res = int(await self.batch.command("EVALSHA", self._confirm.sha, 4, *keys, *argv))
+                    res = int(await self.batch.command("EVALSHA", self._confirm.sha, 5, *keys, *argv))
                 except NoScriptError:
                     res = int(await self._confirm(keys=keys, args=argv))
                 if res >= 0:
@@ -638,12 +661,13 @@ async def install(redis: aioredis.Redis, nodes: dict[str, NodeStock], gen: str, 
     a bucketed node is always installed whole: PostgreSQL knows only its totals)."""
     calls = []
     owners = []
+    recent_from = int((time.time() - RECENT_KEEP_S) * 1000)
     for node, st in nodes.items():
         parts = st.split() if st.buckets > 1 else [st]
         for k, part in enumerate(parts):
             b = bucket_id(node, k)
             argv: list[str | int] = ["force" if force or st.buckets > 1 else "missing", gen, record_prefix(b),
-                                     len(part.on_hand)]
+                                     recent_from, len(part.on_hand)]
             for sku, qty in part.on_hand.items():
                 argv += [sku, qty]
             argv.append(len(part.records))
@@ -653,7 +677,7 @@ async def install(redis: aioredis.Redis, nodes: dict[str, NodeStock], gen: str, 
                     argv += [sku, qty]
             if k == 0 and st.buckets > 1:
                 argv.append(st.buckets)
-            calls.append(([onhand_key(b), reserved_key(b), avail_key(b), holders_key(b)], argv))
+            calls.append(([onhand_key(b), reserved_key(b), avail_key(b), holders_key(b), recent_key(b)], argv))
             owners.append(node)
     done = await run_scripts(redis, script("install"), calls)
     ok: dict[str, bool] = {}
@@ -667,7 +691,7 @@ async def drop_buckets(redis: aioredis.Redis, node: str, first: int, last: int) 
     for k in range(first, last):
         b = bucket_id(node, k)
         fids = await redis.hkeys(holders_key(b))
-        keys = [onhand_key(b), reserved_key(b), avail_key(b), holders_key(b),
+        keys = [onhand_key(b), reserved_key(b), avail_key(b), holders_key(b), recent_key(b),
                 *(record_prefix(b) + f.decode() for f in fids)]
         for i in range(0, len(keys), 500):  # one slot per bucket: a multi-key DEL is fine on a cluster
             await redis.delete(*keys[i:i + 500])

@@ -40,3 +40,10 @@ select fulfillment_id, node_id, sku, quantity, state from reservations
 -- name: node_stock_buckets
 -- Stock buckets of some nodes (primary key), or of every node when $1 is null, for installing them in Redis.
 select id, stock_buckets from nodes where $1::text[] is null or id = any($1::text[]);
+
+-- name: reservations_open_since
+-- Open reservations at some nodes made since a moment: fulfilment ids carry their time, so the
+-- ids from $2 (a cut-off id) up to $3 (the next prefix) are a range of the primary key, read
+-- in proportion to the reservations made since, not to all that are open. For the reconciler's fast pass.
+select node_id, fulfillment_id, sku, quantity from reservations
+ where fulfillment_id >= $2 and fulfillment_id < $3 and state = 'reserved' and node_id = any($1::text[]);

@@ -1,6 +1,7 @@
 -- Reserve every line an order takes at one node, or none.
 -- KEYS[1] available hash, KEYS[2] reserved hash, KEYS[3] this reservation's record,
--- KEYS[4] the node's record index (fulfilment id -> owning process) (all {node})
+-- KEYS[4] the node's record index (fulfilment id -> owning process), KEYS[5] the recent index
+-- (fulfilment id scored by the milliseconds in its id, trimmed by the reconciler) (all {node})
 -- ARGV: owner, fulfilment id, sku1, qty1, sku2, qty2, ...
 -- Returns {1, gen} reserved, {2, gen} already reserved (a retry: nothing changes),
 -- {0, sku, available} for the first line that does not fit, or {-1} when the node's generation
@@ -25,4 +26,5 @@ for i = 3, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], tonumber(string.sub(ARGV[2], 2, 10), 36) or 0, ARGV[2])
 return {1, gen}
