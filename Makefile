@@ -27,7 +27,8 @@ sale: $(STAMP)
 
 # the order path's invariant tests run twice: on one Redis (the whole suite) and on a local
 # three-master Redis Cluster (stampedes, duplicates, rebuild, store re-routes, webhooks)
-CLUSTER_TESTS := tests/test_intake.py tests/test_store_ops.py tests/test_webhooks.py tests/test_stock_buckets.py
+CLUSTER_TESTS := tests/test_intake.py tests/test_store_ops.py tests/test_webhooks.py tests/test_stock_buckets.py \
+                 tests/test_reconcile_scale.py
 
 test: $(STAMP)
 	OMS_TEST_REDIS_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
