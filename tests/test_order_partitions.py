@@ -208,6 +208,26 @@ async def test_an_order_moved_to_another_month_keeps_the_rollups_exact(world, se
     await assert_rollups_match(services.pool, "the moved order cancelled", fold=True)
 
 
+async def test_a_month_retired_by_detaching_it_takes_its_keys_and_children_along(world, services):
+    sku = await world.sku("retire")
+    order = (await world.post_order(world.order("retire-1", [(sku, 1)]))).json()
+    old = _month(datetime.now(timezone.utc), -3)
+    part = _part("orders", old)
+    async with services.pool.acquire() as conn:
+        await conn.execute(f"create table {part} partition of orders"
+                           f" for values from ('{old.isoformat()}') to ('{_month(old, 1).isoformat()}')")
+        await conn.execute("update orders set created_at = $2 where id = $1", order["id"], old + timedelta(days=1))
+        await conn.execute(f"alter table orders detach partition {part}")
+        await conn.execute(f"delete from order_keys k using {part} o where k.id = o.id")
+        assert await _children(conn, order["id"]) == (0, 0, 0, 0, 0)
+        assert await conn.fetchval(f"select count(*) from {part}") == 1  # the archive
+        await conn.execute(f"drop table {part}")
+    # the channel order is new again (its Redis claim, a week long, long gone for a month retired)
+    await services.redis.delete(claim_key("manual", world.id("retire-1")))
+    again = await world.post_order(world.order("retire-1", [(sku, 1)]))
+    assert again.status_code == 201 and again.json()["id"] != order["id"]
+
+
 # ---- the migration --------------------------------------------------------------------------------
 
 async def test_the_migration_moves_every_order_with_its_children_and_counts(settings):
