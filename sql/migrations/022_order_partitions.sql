@@ -112,19 +112,27 @@ insert into orders select * from orders_unpartitioned;
 do $$
 declare
     c record;
+    def text;
 begin
     for c in select conrelid::regclass as tbl, conname, pg_get_constraintdef(oid) as def
                from pg_constraint
               where contype = 'f' and confrelid = 'orders_unpartitioned'::regclass and conparentid = 0 loop
+        def := regexp_replace(c.def, 'REFERENCES ((\S+\.)?)orders_unpartitioned\(id\)', 'REFERENCES \1order_keys(id)');
+        if def = c.def then
+            raise 'cannot move foreign key % of % to order_keys: %', c.conname, c.tbl, c.def;
+        end if;
         execute format('alter table %s drop constraint %I', c.tbl, c.conname);
-        execute format('alter table %s add constraint %I %s', c.tbl, c.conname,
-                       replace(c.def, 'REFERENCES orders_unpartitioned(id)', 'REFERENCES order_keys(id)'));
+        execute format('alter table %s add constraint %I %s', c.tbl, c.conname, def);
     end loop;
     for c in select i.indexrelid::regclass::text as name, pg_get_indexdef(i.indexrelid) as def
                from pg_index i
               where i.indrelid = 'orders_unpartitioned'::regclass and not i.indisunique loop
+        def := regexp_replace(c.def, ' ON ((\S+\.)?)orders_unpartitioned ', ' ON \1orders ');
+        if def = c.def then
+            raise 'cannot make index % again on the partitioned orders: %', c.name, c.def;
+        end if;
         execute format('drop index %I', c.name);
-        execute regexp_replace(c.def, ' ON ((\S+\.)?)orders_unpartitioned ', ' ON \1orders ');
+        execute def;
     end loop;
 end $$;
 

@@ -69,6 +69,8 @@ insert into order_history (order_id, from_status, to_status, cause, detail)
 values ($1, $2, $3, $4, $5);
 
 -- name: order_by_id
+-- By id alone: the primary key (id, created_at) of every month is probed, none pruned
+-- (022_order_partitions.sql weighs the alternatives, measured).
 select * from orders where id = $1;
 
 -- name: order_by_id_for_update
