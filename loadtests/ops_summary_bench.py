@@ -74,6 +74,7 @@ select i, case when $7 then 'bench-live-o' else 'bench-o' end || i as id,
   from s;
 """
 FILL = [
+    """insert into order_keys (id, channel, external_id) select id, channel, id from bench_chunk""",
     """insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng,
                            promised_by, paid_at, total_fen, reason, created_at, updated_at)
        select id, channel, id, status, 'paid', mode, 31.23, 121.47, promised_by, created_at, quantity * 1990, reason,

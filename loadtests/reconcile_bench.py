@@ -59,7 +59,8 @@ async def fill(s, n: int, recent: int) -> None:
         oids = ["o" + f[1:] for f in fids]
         async with s.pool.acquire() as c, c.transaction():
             await c.execute(
-                "insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng)"
+                "with k as (insert into order_keys (id, channel, external_id) select o, 'manual', o from unnest($1::text[]) o)"
+                " insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng)"
                 " select o, 'manual', o, 'allocated', 'paid', 'ship', 0, 0 from unnest($1::text[]) o", oids)
             await c.execute("insert into fulfillments (id, order_id, node_id, status)"
                             " select f, o, $3, 'allocated' from unnest($1::text[], $2::text[]) t(f, o)", fids, oids, NODE)

@@ -81,7 +81,7 @@ class Services:
             applied = await db.migrate(conn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-            await conn.fetchval(Q["history_partitions_ensure"])
+            await conn.fetchval(Q["partitions_ensure"])
             if await inventory.ensure_in_step(conn, self.redis):
                 log.warning("Redis availability was empty or out of step with PostgreSQL: rebuilt")
         # loaded up front: a burst of first reservations all missing the script would each take

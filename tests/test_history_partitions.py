@@ -60,7 +60,7 @@ async def test_the_migration_keeps_every_history_row_with_its_id(settings):
             await conn.execute("insert into order_history (order_id, at, to_status, cause) values ('o-old', $1, 'allocated', 'test')", at)
         before = [tuple(r) for r in await conn.fetch("select id, at from order_history order by id")]
 
-        assert await db.migrate(conn) == ["021_history_partitions.sql"]
+        assert (await db.migrate(conn))[:1] == ["021_history_partitions.sql"]
 
         after = [tuple(r) for r in await conn.fetch("select id, at from order_history order by id")]
         assert after == before

@@ -320,7 +320,8 @@ async def test_oversell_check_reports_a_forced_violation_and_zero_otherwise(clie
     order_id, fid = world.id("o-over"), world.id("f-over")
     async with services.pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng)"
+            "with k as (insert into order_keys (id, channel, external_id) values ($1, 'manual', $1))"
+            " insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng)"
             " values ($1, 'manual', $1, 'allocated', 'paid', 'ship', $2, $3)", order_id, LAT, LNG)
         await conn.execute("insert into fulfillments (id, order_id, node_id, status) values ($1, $2, $3, 'allocated')",
                            fid, order_id, node)

@@ -223,7 +223,8 @@ def test_the_at_risk_read_and_its_index_name_every_status_an_order_with_open_wor
 async def _insert_orders(pool: asyncpg.Pool, channel: str, rows: list[tuple[str, datetime, str, int]]) -> None:
     """Orders written the way a bulk load would (one statement): id, created_at, status, total."""
     await pool.execute(
-        "insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng,"
+        "with k as (insert into order_keys (id, channel, external_id) select unnest($2::text[]), $1, unnest($2::text[]))"
+        " insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng,"
         " paid_at, total_fen, reason, created_at)"
         " select i, $1, i, s, 'paid', 'ship', 31.2, 121.4, c, t,"
         "        case when s = 'backordered' then 'no node has ''X'' in stock: X' end, c"
@@ -297,7 +298,8 @@ async def test_two_transactions_counting_into_one_minute_do_not_wait_for_each_ot
             await b.execute("set local statement_timeout = '3s'")
             for conn, name in ((a, "b1"), (b, "b2")):
                 await conn.execute(
-                    "insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat,"
+                    "with k as (insert into order_keys (id, channel, external_id) values ($1, $2, $1))"
+                    " insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat,"
                     " dest_lng, created_at) values ($1, $2, $1, 'allocated', 'paid', 'ship', 31.2, 121.4, $3)",
                     world.id(name), channel, now)
             # both still open, both counted into the same minute and channel: neither waited

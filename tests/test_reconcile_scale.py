@@ -31,7 +31,8 @@ async def open_reservations(services, node: str, sku: str, count: int, age_s: fl
     oids = [f"o{f[1:]}" for f in fids]
     async with services.pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng)"
+            "with k as (insert into order_keys (id, channel, external_id) select o, 'manual', o from unnest($1::text[]) o)"
+            " insert into orders (id, channel, external_id, status, channel_status, delivery_mode, dest_lat, dest_lng)"
             " select o, 'manual', o, 'allocated', 'paid', 'ship', 0, 0 from unnest($1::text[]) o", oids)
         await conn.execute("insert into fulfillments (id, order_id, node_id, status)"
                            " select f, o, $3, 'allocated' from unnest($1::text[], $2::text[]) t(f, o)", fids, oids, node)

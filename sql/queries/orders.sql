@@ -1,6 +1,8 @@
 -- name: orders_write_batch
 -- One statement, one round trip, one implicit transaction for a whole batch of new orders:
 -- orders that already exist for (channel, external_id) are skipped together with their children.
+-- The key goes in first (order_keys holds that uniqueness across the monthly partitions of
+-- `orders`, 022_order_partitions.sql); an order is written only for a key that went in.
 -- $1 is one JSON array of five arrays of rows (each row an array of column values, in the column
 -- order below): orders, lines, fulfilments, reservations, history. JSON because encoding a
 -- batch as one document costs the client far less than 45 typed arrays element by element;
@@ -9,6 +11,12 @@
 -- (014_outbox.sql), in this same transaction.
 with batch as (
     select $1::text::jsonb as b
+), new_keys as (
+    insert into order_keys (id, channel, external_id)
+    select r->>0, r->>1, r->>2
+      from batch, jsonb_array_elements(b->0) r
+    on conflict (channel, external_id) do nothing
+    returning id
 ), new_orders as (
     insert into orders (id, channel, external_id, status, channel_status, delivery_mode, buyer,
                         dest_lat, dest_lng, dest_address, dest_approximate, pickup_node_id,
@@ -19,7 +27,7 @@ with batch as (
            (r->>12)::timestamptz, (r->>13)::timestamptz, (r->>14)::bigint,
            (r->>15)::bigint, (r->>16)::bigint, r->>17, (r->>18)::timestamptz, r->>19, (r->>20)::timestamptz
       from batch, jsonb_array_elements(b->0) r
-    on conflict (channel, external_id) do nothing
+     where r->>0 in (select id from new_keys)
     returning id
 ), new_lines as (
     insert into order_lines (order_id, line_no, sku, quantity, unit_price_fen, platform_line_id,
@@ -61,6 +69,8 @@ insert into order_history (order_id, from_status, to_status, cause, detail)
 values ($1, $2, $3, $4, $5);
 
 -- name: order_by_id
+-- By id alone: the primary key (id, created_at) of every month is probed, none pruned
+-- (022_order_partitions.sql weighs the alternatives, measured).
 select * from orders where id = $1;
 
 -- name: order_by_id_for_update
@@ -68,10 +78,11 @@ select * from orders where id = $1;
 select * from orders where id = $1 for update;
 
 -- name: order_exists
-select exists (select 1 from orders where id = $1);
+-- (order_keys: one index, where `orders` would probe every month's)
+select exists (select 1 from order_keys where id = $1);
 
 -- name: order_id_by_external
-select id from orders where channel = $1 and external_id = $2;
+select id from order_keys where channel = $1 and external_id = $2;
 
 -- name: order_set_status
 update orders set status = $2, reason = coalesce($3, reason), updated_at = now() where id = $1;
@@ -179,9 +190,13 @@ select id, status, delivery_mode, promised_by from orders
 update orders set escalated_at = $2 where id = $1 and escalated_at is null returning id;
 
 -- name: orders_existing
--- Which of these order ids are stored (primary key): reading back writes whose outcome is in doubt.
-select id from orders where id = any($1::text[]);
+-- Which of these order ids are stored: reading back writes whose outcome is in doubt (an order
+-- and its key are written together, 022_order_partitions.sql).
+select id from order_keys where id = any($1::text[]);
 
--- name: history_partitions_ensure
--- the next months of order_history ready before rows arrive (run at start-up; idempotent)
-select oms_history_partitions(12);
+-- name: partitions_ensure
+-- The next months of orders and order_history ready before rows arrive (run at start-up;
+-- idempotent). Three months ahead, not more: every empty partition adds to each lookup by id
+-- (022_order_partitions.sql); a process left running longer sends rows to the default
+-- partition, and the next start-up moves them into their month.
+select oms_partitions(3);
