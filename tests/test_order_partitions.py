@@ -137,6 +137,28 @@ async def test_a_push_of_an_order_stored_in_an_earlier_month_makes_no_second_ord
     assert sum(n["available"] for n in stock["nodes"]) == 4, stock  # the second attempt's units went back
 
 
+async def test_an_order_is_listed_by_its_external_id_from_any_month_through_its_key(world, services):
+    node = await world.node("byext", 31.2304, 121.4737)
+    sku = await world.sku("byext")
+    await world.stock(node, sku, 5)
+    body = world.order("byext-1", [(sku, 1)])
+    first = (await world.post_order(body)).json()
+    async with services.pool.acquire() as conn:
+        last = await _past_month_partition(conn)
+        await conn.execute("update orders set created_at = $2 where id = $1", first["id"], last + timedelta(days=2))
+        # tiny test tables make a scan cheapest; with scans priced out, only an index path avoids one
+        async with conn.transaction():
+            await conn.execute("set local enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                "explain " + Q["orders_list_by_external"], None, body["external_id"], None, None, None, 50))
+    assert "order_keys" in plan and "Seq Scan" not in plan, plan  # no month read whole
+    for query in (f"external_id={body['external_id']}", f"external_id={body['external_id']}&channel={body['channel']}"):
+        got = (await world.c.get(f"/orders?{query}")).json()["items"]
+        assert [o["id"] for o in got] == [first["id"]], (query, got)
+    got = (await world.c.get(f"/orders?external_id={body['external_id']}&channel=jd-other")).json()["items"]
+    assert got == []
+
+
 async def test_a_batch_skips_an_order_stored_in_an_earlier_month_and_a_second_copy_with_their_children(services):
     channel, sku = "manual", "sku-" + secrets.token_hex(3)
     writer = OrderWriter(services.pool)
@@ -293,3 +315,21 @@ async def test_the_migration_moves_every_order_with_its_children_and_counts(sett
         await conn.execute("delete from orders where id = 'o-old-0'")
         assert await _children(conn, "o-old-0") == (0, 0, 0, 0, 0)
         assert await conn.fetchval("select sum(lines) from ops_hour_sku") == 1
+
+
+async def test_the_timer_job_makes_the_coming_months_hourly_not_only_at_start_up(services):
+    import time
+
+    from oms.orders import timers
+
+    far = _month(datetime.now(timezone.utc), 3)
+    async with services.pool.acquire() as conn:
+        assert await conn.fetchval("select to_regclass($1)", _part("orders", far)) is not None
+        assert await conn.fetchval(f"select count(*) from {_part('orders', far)}") == 0
+        await conn.execute(f"drop table {_part('orders', far)}")  # as if the service had run for months
+        job = timers.TimerJob(services, 60)
+        await job.ensure_partitions()  # just started: the start-up's ensure is an hour good
+        assert await conn.fetchval("select to_regclass($1)", _part("orders", far)) is None
+        job._partitions_at = time.monotonic() - timers.PARTITIONS_EVERY_S - 1
+        await job.ensure_partitions()
+        assert await conn.fetchval("select to_regclass($1)", _part("orders", far)) is not None

@@ -99,7 +99,8 @@ async def load_order(conn: asyncpg.Connection, order_id: str, *, history: bool =
 async def list_orders(conn: asyncpg.Connection, *, channel: str | None, external_id: str | None,
                       status: str | None, before: tuple[datetime, str] | None, limit: int,
                       clock: PromiseClock | None = None) -> list[Order]:
-    rows = await conn.fetch(Q["orders_list"], channel, external_id, status,
+    query = Q["orders_list"] if external_id is None else Q["orders_list_by_external"]
+    rows = await conn.fetch(query, channel, external_id, status,
                             before[0] if before else None, before[1] if before else None, limit)
     out = []
     for row in rows:

@@ -9,6 +9,8 @@
                        history, log and the ops view say so
     rollup fold        the ops rollups' appended rows are added into their totals (on the
                        primary), so what /ops/summary sums stays short on a day nobody opens it
+    month partitions   hourly, the next months of orders and order_history made (as at start-up),
+                       so a service running for months never fills the default partition
 
 Every step is idempotent and safe beside another run, but one process at a time runs them: the
 job holds the lease `timers` (oms/infra/lease.py) so any number of `oms serve` workers and hosts
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
     from oms.wiring import Services
 
 log = logging.getLogger("oms.timers")
+
+PARTITIONS_EVERY_S = 3600.0
 
 class TimerRound(msgspec.Struct, kw_only=True):
     """What one round did: order ids per timer."""
@@ -104,6 +109,14 @@ class TimerJob:
         self.svc = svc
         self.interval_s = interval_s or svc.settings.timer_interval_s
         self.lease = Lease(svc.redis, "timers", svc.settings.lease_ttl_s)
+        self._partitions_at = time.monotonic()  # start-up just made them
+
+    async def ensure_partitions(self) -> None:
+        """The next months' partitions, at most hourly (the start-up made them when it ran)."""
+        if time.monotonic() - self._partitions_at < PARTITIONS_EVERY_S:
+            return
+        await self.svc.pool.fetchval(Q["partitions_ensure"])
+        self._partitions_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_exclusively(self.lease, lambda: self._rounds(stop), stop)
@@ -112,6 +125,7 @@ class TimerJob:
         while not stop.is_set():
             try:
                 await run_once(self.svc)
+                await self.ensure_partitions()
             except Exception:  # noqa: BLE001 - a failed round is retried next round
                 log.exception("timer round failed; the next round retries")
             try:

@@ -32,7 +32,8 @@ create table order_keys (
     id           text primary key,
     channel      text not null,
     external_id  text not null,
-    unique (channel, external_id)
+    -- external_id first: GET /orders?external_id= finds an order by it alone (any channel)
+    unique (external_id, channel)
 );
 
 alter table orders rename to orders_unpartitioned;

@@ -140,6 +140,17 @@ select * from orders
  order by created_at desc, id desc
  limit $6;
 
+-- name: orders_list_by_external
+-- The same page for one external id: order_keys (unique (external_id, channel), one index) names
+-- the few orders it can be, whichever month holds them; orders has no index on external_id.
+select o.* from order_keys k join orders o on o.id = k.id
+ where k.external_id = $2
+   and ($1::text is null or k.channel = $1)
+   and ($3::text is null or o.status = $3)
+   and ($4::timestamptz is null or (o.created_at, o.id) < ($4, $5))
+ order by o.created_at desc, o.id desc
+ limit $6;
+
 -- name: order_clear_reason
 -- An order that got its stock no longer carries the reason it was waiting.
 update orders set reason = null, updated_at = now() where id = $1;
