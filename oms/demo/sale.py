@@ -355,7 +355,8 @@ class Sale:
             if now - datetime.fromisoformat(e["allocated_at"]) < timedelta(seconds=1.5):
                 continue
             etags.pop(node_id, None)
-            if e["role"] == "serve" and self.rng.random() < REJECT_SHARE:
+            # the first turn-down comes early (a short sale shows one), then now and then
+            if e["role"] == "serve" and (not self.counts.get("rejected by stores") or self.rng.random() < REJECT_SHARE):
                 reason = "out_of_stock" if self.rng.random() < 0.3 else "damaged"
                 lines = [{"sku": e["lines"][0]["sku"], "quantity": e["lines"][0]["quantity"]}] if e["lines"] else None
                 rr = await self.call("POST", f"{base}/{e['order_id']}/reject", token=token,
