@@ -49,7 +49,8 @@ class Services:
         self.nodes = NodeDirectory(pool)
         self.skus = SkuCatalogue(pool)
         self.allocator = Allocator(settings, pool, self.inventory, self.nodes)
-        self.writer = OrderWriter(write_pool or pool, max_batch=settings.write_batch_max)
+        self.writer = OrderWriter(write_pool or pool, max_batch=settings.write_batch_max,
+                                  gather_s=settings.write_gather_ms / 1000)
         self.intake = IntakeService(settings, pool, redis, self.allocator, self.skus, self.writer)
 
     @classmethod

@@ -24,8 +24,14 @@ from oms.orders.rows import NewOrderRows
 
 
 class OrderWriter:
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 256, parallel: int = 1) -> None:
+    """Group commit. Under load (the last batch held more than one order) each batch waits
+    `gather_s` before it is cut: PostgreSQL's cost per statement (≈ 0.56 ms of CPU: the statement,
+    its triggers, the commit) is then shared by more orders; one order alone is written at once."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 256, parallel: int = 1, gather_s: float = 0.0) -> None:
         self.pool = pool
+        self.gather_s = gather_s
+        self._last_size = 0
         self.max_batch = max_batch
         self.parallel = parallel
         self._queue: deque[tuple[NewOrderRows, asyncio.Future[bool]]] = deque()
@@ -43,7 +49,11 @@ class OrderWriter:
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self.gather_s and self._last_size > 1 and len(self._queue) < self.max_batch:
+                    # busy (the last batch was shared): a moment more lets more orders join this one
+                    await asyncio.sleep(self.gather_s)
                 batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+                self._last_size = len(batch)
                 try:
                     inserted = await self._write_batch([rows for rows, _ in batch])
                 except Exception as batch_exc:  # noqa: BLE001 - retried one by one
