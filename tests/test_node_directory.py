@@ -47,3 +47,33 @@ async def test_a_burst_of_requests_on_stale_nodes_runs_one_reload_and_nobody_wai
 
     assert counting.sent == [Q["nodes_all"], Q["open_picks_per_node"]]  # once each, not 100 times
     assert world.id("dir-burst") in directory.nodes
+
+
+class ReadThenHoldPool:
+    """The real pool; the first query's answer is held back until `release` (read early, late back)."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.release = asyncio.Event()
+        self.first = True
+
+    async def fetch(self, query: str, *args):
+        rows = await self.pool.fetch(query, *args)
+        if self.first:
+            self.first = False
+            await self.release.wait()
+        return rows
+
+
+async def test_a_background_reload_that_read_before_a_node_was_added_does_not_undo_the_forced_one(services, world):
+    await world.node("dir-old", 31.23, 121.47)
+    pool = ReadThenHoldPool(services.pool)
+    directory = NodeDirectory(pool)
+    stale = asyncio.get_running_loop().create_task(directory._reload())  # reads the nodes now, answers late
+    await asyncio.sleep(0.05)
+    await world.node("dir-new", 31.24, 121.48)
+    await directory.refresh(force=True)  # what PUT /nodes does: the new node is known at once
+    assert world.id("dir-new") in directory.nodes
+    pool.release.set()
+    await stale
+    assert world.id("dir-new") in directory.nodes and world.id("dir-old") in directory.nodes

@@ -46,6 +46,10 @@ class NodeDirectory:
         self._loaded_at = 0.0
         self._loads_at = 0.0
         self._task: asyncio.Task | None = None
+        #: reloads started / the newest whose reads were applied: an older one finishing later
+        #: (a background reload that read before a node was added) must not undo a newer one
+        self._reads = 0
+        self._applied = 0
 
     async def refresh(self, force: bool = False) -> None:
         """Reload what is stale. Once loaded, callers do not wait for a reload: one background
@@ -65,8 +69,13 @@ class NodeDirectory:
 
     async def _reload(self, force: bool = False) -> None:
         now = time.monotonic()
+        self._reads += 1
+        read = self._reads
         if force or now - self._loaded_at >= self.max_age_s:
             rows = await self.pool.fetch(Q["nodes_all"])
+            if read < self._applied:
+                return
+            self._applied = read
             fingerprint = tuple(tuple(r.values()) for r in rows)
             self._loaded_at = now
             if fingerprint != self._fingerprint:  # rebuild the H3 index only when nodes changed
@@ -82,6 +91,9 @@ class NodeDirectory:
                 self._loads_at = 0.0
         if force or now - self._loads_at >= self.load_age_s:
             loads = {r["node_id"]: r["n"] for r in await self.pool.fetch(Q["open_picks_per_node"])}
+            if read < self._applied:
+                return
+            self._applied = read
             self.network = self.network.with_loads({nid: loads.get(nid, 0) for nid in self.nodes})
             self._extra = [0] * len(self.network.nodes)
             self._loads_at = now
