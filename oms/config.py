@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reroute_attempts: int = 3
     #: largest batch of orders written in one PostgreSQL transaction
     write_batch_max: int = 256
-    write_gather_ms: float = 5.0
+    write_gather_ms: float = 2.0
     pg_pool_size: int = 10
     #: channel workers (tmall, jd) `oms serve` runs beside the API, each under its lease
     channel_workers: tuple[str, ...] = ()
@@ -76,7 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             timer_interval_s=float(e.get("OMS_TIMER_INTERVAL_S", 15)),
             reroute_attempts=int(e.get("OMS_REROUTE_ATTEMPTS", 3)),
             write_batch_max=int(e.get("OMS_WRITE_BATCH_MAX", 256)),
-            write_gather_ms=float(e.get("OMS_WRITE_GATHER_MS", 5)),
+            write_gather_ms=float(e.get("OMS_WRITE_GATHER_MS", 2)),
             pg_pool_size=int(e.get("OMS_PG_POOL_SIZE", 10)),
             channel_workers=tuple(c.strip() for c in e.get("OMS_CHANNEL_WORKERS", "").split(",") if c.strip()),
             lease_ttl_s=float(e.get("OMS_LEASE_TTL_S", 10)),
