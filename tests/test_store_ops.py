@@ -576,6 +576,28 @@ def test_order_status_follows_fulfilments():
 
 
 # ---- partial quantities, no ping-pong, pickup with a short line -----------------------------------
+async def test_a_reroute_in_a_dense_area_looks_past_the_nearest_covering_stores(world, services):
+    # a downtown with more covering stores than a one-hour order reads at first, none holding the
+    # SKU: the re-route that leaves out the rejecting store must still widen to the store that has it
+    limit = services.nodes.network.delivery_limit
+    lat, lng = spot(world, DEST)
+    for i in range(limit):
+        await world.node(f"dense-{i}", lat + 0.001 + 0.0001 * (i % 6), lng + 0.001 + 0.0001 * (i // 6))
+    near = await open_store(world, "near", NEAR)
+    far = await open_store(world, "far", FAR)
+    egg = await world.sku("egg")
+    await world.stock(near.id, egg, 2)
+    await world.stock(far.id, egg, 3)
+
+    order = await place(world, "dense", [(egg, 2)])
+    assert [f["node_id"] for f in order["fulfillments"]] == [near.id]
+    r = await near.reject(order["id"], {"reason": "damaged"})
+    assert r.status_code == 200, r.text
+    got = (await world.c.get(f"/orders/{order['id']}")).json()
+    assert got["status"] == "allocated", got
+    assert {f["node_id"] for f in got["fulfillments"] if f["status"] == "allocated"} == {far.id}, got
+
+
 async def test_partial_quantity_reject_and_no_return_to_a_rejecting_store(world, services):
     near = await open_store(world, "near", NEAR)
     far = await open_store(world, "far", FAR)

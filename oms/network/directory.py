@@ -123,10 +123,13 @@ class NodeDirectory:
              exclude: frozenset[str] = frozenset(), *, wide: bool = False) -> Plan:
         return routing.plan(self._net(wide), request, stock, exclude, self.weights, self._extra or None)
 
-    def can_widen(self, request: RouteRequest, candidates: list[str]) -> bool:
-        """A one-hour order was offered only the nearest covering stores; more cover it."""
+    def can_widen(self, request: RouteRequest) -> bool:
+        """A one-hour order was offered only the nearest covering stores; more cover it. Counted
+        before any exclusion: a re-route that leaves out the rejecting store reads one fewer than
+        the limit, yet the list was still cut at the limit."""
         limit = self.network.delivery_limit
-        return request.mode is routing.Mode.DELIVERY and limit is not None and len(candidates) >= limit
+        return (request.mode is routing.Mode.DELIVERY and limit is not None
+                and len(self.network.candidates(request)) >= limit)
 
     def _net(self, wide: bool) -> routing.Network:
         # the nearest few covering stores are read first; all of them only when those cannot serve

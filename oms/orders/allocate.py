@@ -134,7 +134,7 @@ class Allocator:
                 stock = await self.inventory.available(cands, skus)
             prefetched = None
             plan = self.nodes.plan(request, stock, exclude, wide=wide)
-            if plan.unserved and not wide and self.nodes.can_widen(request, cands):
+            if plan.unserved and not wide and self.nodes.can_widen(request):
                 wide = True  # the nearest stores cannot serve it all: look at every covering store
                 continue
             return plan
