@@ -115,16 +115,22 @@ async def test_an_order_lands_in_its_months_partition_and_a_far_date_in_the_defa
 
 # ---- one order per channel order, across months ---------------------------------------------------
 
-async def test_a_push_of_an_order_stored_in_an_earlier_month_makes_no_second_order(world, services):
-    node = await world.node("dup", 31.2304, 121.4737)
-    sku = await world.sku("dup")
+async def _order_from_last_month(world, services, name: str) -> tuple[dict, dict, str]:
+    """(the pushed body, the order as created, its SKU): one unit of 5, moved into last month."""
+    node = await world.node(name, 31.2304, 121.4737)
+    sku = await world.sku(name)
     await world.stock(node, sku, 5)
-    body = world.order("dup-1", [(sku, 1)])
+    body = world.order(f"{name}-1", [(sku, 1)])
     first = (await world.post_order(body)).json()
     async with services.pool.acquire() as conn:
         last = await _past_month_partition(conn)
         await conn.execute("update orders set created_at = $2 where id = $1", first["id"], last + timedelta(days=3))
         assert await _partition_of(conn, first["id"]) == _part("orders", last)
+    return body, first, sku
+
+
+async def test_a_push_of_an_order_stored_in_an_earlier_month_makes_no_second_order(world, services):
+    body, first, sku = await _order_from_last_month(world, services, "dup")
     # the Redis claim gone (a flush): only PostgreSQL's unique key stands between the push and a second order
     await services.redis.delete(claim_key(body["channel"], body["external_id"]))
     again = await world.post_order(body)
@@ -138,14 +144,8 @@ async def test_a_push_of_an_order_stored_in_an_earlier_month_makes_no_second_ord
 
 
 async def test_an_order_is_listed_by_its_external_id_from_any_month_through_its_key(world, services):
-    node = await world.node("byext", 31.2304, 121.4737)
-    sku = await world.sku("byext")
-    await world.stock(node, sku, 5)
-    body = world.order("byext-1", [(sku, 1)])
-    first = (await world.post_order(body)).json()
+    body, first, _ = await _order_from_last_month(world, services, "byext")
     async with services.pool.acquire() as conn:
-        last = await _past_month_partition(conn)
-        await conn.execute("update orders set created_at = $2 where id = $1", first["id"], last + timedelta(days=2))
         # tiny test tables make a scan cheapest; with scans priced out, only an index path avoids one
         async with conn.transaction():
             await conn.execute("set local enable_seqscan = off")

@@ -19,6 +19,14 @@ from oms.stock.reconciler import Reconciler
 LAT, LNG = 29.8683, 121.5440  # Ningbo: away from the other tests' stores
 
 
+async def stocked(world, name: str, units: int, kind: str = "store") -> tuple[str, str]:
+    """A node of this test's own (in Ningbo) holding `units` of a SKU of its own."""
+    node = await world.node(name, LAT, LNG, kind=kind)
+    sku = await world.sku(name)
+    await world.stock(node, sku, units)
+    return node, sku
+
+
 def old_id(prefix: str, age_s: float) -> str:
     """An id made `age_s` seconds ago (ids carry their time)."""
     return f"{prefix}{_b36(int((time.time() - age_s) * 1000), 9)}{_b36(secrets.randbits(50), 10)}"
@@ -68,9 +76,7 @@ def reconciler(services):
 
 
 async def test_a_fast_pass_reads_only_the_recent_reservations(world, services, reconciler):
-    node = await world.node("scale", LAT, LNG, kind="warehouse")
-    sku = await world.sku("scale")
-    await world.stock(node, sku, 10_000)
+    node, sku = await stocked(world, "scale", 10_000, kind="warehouse")
     await open_reservations(services, node, sku, 5000, age_s=3600)  # waiting for picking
     await open_reservations(services, node, sku, 10, age_s=1)
 
@@ -84,9 +90,7 @@ async def test_a_fast_pass_reads_only_the_recent_reservations(world, services, r
 
 
 async def test_a_lost_recent_reservation_is_put_back_by_the_next_fast_pass(world, services, reconciler):
-    node = await world.node("lostrecent", LAT, LNG)
-    sku = await world.sku("lostrecent")
-    await world.stock(node, sku, 5)
+    node, sku = await stocked(world, "lostrecent", 5)
     await reconciler.reconcile()  # the first pass is a full one
     order = (await world.post_order(world.order("lostrecent-1", [(sku, 2)], lat=LAT, lng=LNG))).json()
     fid = order["fulfillments"][0]["id"]
@@ -100,9 +104,7 @@ async def test_a_lost_recent_reservation_is_put_back_by_the_next_fast_pass(world
 
 
 async def test_an_orphan_of_a_dead_process_is_released_by_a_fast_pass(world, services, reconciler):
-    node = await world.node("deadfast", LAT, LNG)
-    sku = await world.sku("deadfast")
-    await world.stock(node, sku, 3)
+    node, sku = await stocked(world, "deadfast", 3)
     await reconciler.reconcile()  # the first pass is a full one
     dead = "w-deadfast-" + world.uid
     await services.redis.sadd(liveness.WORKERS_KEY, dead)
@@ -116,9 +118,7 @@ async def test_an_orphan_of_a_dead_process_is_released_by_a_fast_pass(world, ser
 
 
 async def test_an_orphan_past_the_grace_period_is_released_after_it_left_the_recent_window(world, services):
-    node = await world.node("graceful", LAT, LNG)
-    sku = await world.sku("graceful")
-    await world.stock(node, sku, 3)
+    node, sku = await stocked(world, "graceful", 3)
     rec = Reconciler(services.pool, services.redis, services.inventory, services.fence, grace_s=6.0, recent_s=2.0)
     await rec.reconcile()
     fid = old_id("f", 1)  # a live process's write failed, and so did its release
@@ -133,9 +133,7 @@ async def test_an_orphan_past_the_grace_period_is_released_after_it_left_the_rec
 
 
 async def test_a_missed_release_of_an_old_reservation_is_applied_by_the_full_pass(world, services, reconciler):
-    node = await world.node("oldrelease", LAT, LNG)
-    sku = await world.sku("oldrelease")
-    await world.stock(node, sku, 10)
+    node, sku = await stocked(world, "oldrelease", 10)
     fids = await open_reservations(services, node, sku, 4, age_s=7200)
     await reconciler.reconcile()
     # cancelled two hours later: PostgreSQL released it, Redis was away at that moment
@@ -151,9 +149,7 @@ async def test_a_missed_release_of_an_old_reservation_is_applied_by_the_full_pas
 
 
 async def test_reserved_drift_is_repaired_by_the_full_pass_when_seen_twice(world, services, reconciler):
-    node = await world.node("sumdrift", LAT, LNG)
-    sku = await world.sku("sumdrift")
-    await world.stock(node, sku, 20)
+    node, sku = await stocked(world, "sumdrift", 20)
     await open_reservations(services, node, sku, 6, age_s=600)
     await reconciler.reconcile()
     # a script failed half-way: reserved (and available with it) off the records' sum
@@ -178,9 +174,7 @@ async def test_reserved_drift_is_repaired_by_the_full_pass_when_seen_twice(world
 
 
 async def test_a_difference_seen_once_is_not_applied(world, services, reconciler):
-    node = await world.node("sumonce", LAT, LNG)
-    sku = await world.sku("sumonce")
-    await world.stock(node, sku, 20)
+    node, sku = await stocked(world, "sumonce", 20)
     await open_reservations(services, node, sku, 3, age_s=600)
     await reconciler.reconcile()
     await services.redis.hincrby(inventory.reserved_key(node), sku, 4)
@@ -195,9 +189,7 @@ async def test_a_difference_seen_once_is_not_applied(world, services, reconciler
 
 
 async def test_a_decrease_of_reserved_stops_at_what_postgres_holds_open(world, services):
-    node = await world.node("floor", LAT, LNG)
-    sku = await world.sku("floor")
-    await world.stock(node, sku, 10)
+    node, sku = await stocked(world, "floor", 10)
     await open_reservations(services, node, sku, 5, age_s=600)
     gen = (await services.redis.hget(inventory.avail_key(node), inventory.GEN_FIELD)).decode()
     shift = services.redis.register_script(inventory.script("shift"))
@@ -216,9 +208,7 @@ async def test_a_decrease_of_reserved_stops_at_what_postgres_holds_open(world, s
 async def test_a_reservation_made_before_the_recent_index_is_seen_and_kept(world, services, reconciler):
     """A record left by the version before (or a process of it still running): in the record
     index, not in the recent one. Not put back twice; released by the full pass when no order holds it."""
-    node = await world.node("legacy", LAT, LNG)
-    sku = await world.sku("legacy")
-    await world.stock(node, sku, 6)
+    node, sku = await stocked(world, "legacy", 6)
     order = (await world.post_order(world.order("legacy-1", [(sku, 2)], lat=LAT, lng=LNG))).json()
     orphan = old_id("f", 120)
     assert (await services.inventory.reserve(node, orphan, [(sku, 1)])).ok
