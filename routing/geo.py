@@ -233,7 +233,8 @@ class Network:
         if nearest < 1 or delivery_limit < 1:
             raise ValueError("nearest and delivery_limit must be >= 1")
         self._geo = _GeoIndex(ordered, resolution, nearest, approx_slack_m)
-        self._delivery_limit = delivery_limit
+        self._delivery_limit: int | None = delivery_limit
+        self._wide = False  # see widened()
 
     @property
     def nodes(self) -> tuple[RouteNode, ...]:
@@ -271,18 +272,25 @@ class Network:
         clone._nodes = tuple(nodes)
         clone._index = self._index
         clone._geo = self._geo
-        clone._delivery_limit = self._delivery_limit
+        clone._delivery_limit, clone._wide = self._delivery_limit, self._wide
         return clone
 
     @property
     def delivery_limit(self) -> int | None:
         return self._delivery_limit
 
-    def widened(self, delivery_limit: int | None = None) -> Network:
-        """A copy offering more (None: every) covering store for delivery; shares the index and loads."""
+    @property
+    def nearest(self) -> int | None:
+        """How many stores a parcel or pickup order is offered at first (None: widened, all)."""
+        return None if self._wide else self._geo.nearest
+
+    def widened(self) -> Network:
+        """A copy offering every node a request could use: every covering store for delivery, every
+        ship-capable store for a parcel, every node around a pickup store. For when the nearest few
+        cannot serve an order; shares the index and loads."""
         clone = object.__new__(Network)
         clone._nodes, clone._index, clone._geo = self._nodes, self._index, self._geo
-        clone._delivery_limit = delivery_limit
+        clone._delivery_limit, clone._wide = None, True
         return clone
 
     # -- candidate search ------------------------------------------------------------------
@@ -300,18 +308,21 @@ class Network:
         return list(near)
 
     def ship_near(self, lat: float, lng: float) -> list[Near]:
-        """Ship-capable warehouses (all), then the nearest ship-capable stores."""
-        key = ("s", lat, lng)
+        """Ship-capable warehouses (all), then the nearest ship-capable stores (widened: all)."""
+        key = ("s", lat, lng, self._wide)
         near = self._geo.point_cache.get(key)
         if near is None:
             geo = self._geo
-            cell = cell_of(lat, lng, geo.resolution)
-            pool = geo.ship_cache.get(cell)
-            if pool is None:
-                pool = geo.nearest_around(cell, geo.ship_stores, geo.nearest)
-                geo._remember(geo.ship_cache, cell, pool)
+            if self._wide:
+                pool, limit = geo.ship_stores, None
+            else:
+                cell = cell_of(lat, lng, geo.resolution)
+                pool, limit = geo.ship_cache.get(cell), geo.nearest
+                if pool is None:
+                    pool = geo.nearest_around(cell, geo.ship_stores, geo.nearest)
+                    geo._remember(geo.ship_cache, cell, pool)
             near = (geo.nearest_one_point(lat, lng, geo.ship_warehouse_list, None)
-                    + geo.nearest_one_point(lat, lng, pool.tolist(), geo.nearest))
+                    + geo.nearest_one_point(lat, lng, pool.tolist(), limit))
             geo.remember_point(key, near)
         return list(near)
 
@@ -345,8 +356,13 @@ class Network:
         return pos[order], np.concatenate((whs[1], stores[1]))[order], np.concatenate((whs[2], stores[2]))[order]
 
     def around_store(self, store_index: int) -> list[Near]:
-        """Nodes near a pickup store (transfer sources, alternatives) plus every warehouse."""
+        """Nodes near a pickup store (transfer sources, alternatives) plus every warehouse
+        (widened: every other node)."""
         geo = self._geo
+        node = self._nodes[store_index]
+        if self._wide:
+            others = np.array([i for i in range(len(self._nodes)) if i != store_index], dtype=np.int64)
+            return geo.nearest_first(node.lat, node.lng, others)
         pool = geo.pickup_cache.get(store_index)
         if pool is None:
             others = np.array([i for i in range(len(self._nodes)) if i != store_index], dtype=np.int64)
@@ -354,7 +370,6 @@ class Network:
             near = {n.index for n in geo.nearest_first(node.lat, node.lng, others, geo.nearest)}
             pool = np.array(sorted(near | (set(geo.warehouses) - {store_index})), dtype=np.int64)
             geo._remember(geo.pickup_cache, store_index, pool)
-        node = self._nodes[store_index]
         return geo.nearest_first(node.lat, node.lng, pool)
 
     def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:

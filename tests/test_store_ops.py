@@ -598,6 +598,37 @@ async def test_a_reroute_in_a_dense_area_looks_past_the_nearest_covering_stores(
     assert {f["node_id"] for f in got["fulfillments"] if f["status"] == "allocated"} == {far.id}, got
 
 
+async def crowd(world, around, count: int, **kw) -> None:
+    """count empty stores nearer `around` than any of the test's NEAR / FAR stores."""
+    lat, lng = spot(world, around)
+    for i in range(count):
+        await world.node(f"crowd-{i}", lat + 0.0002 + 0.00005 * (i % 6), lng + 0.0002 + 0.00005 * (i // 6), **kw)
+
+
+async def test_a_pickup_in_a_dense_area_takes_a_transfer_from_past_the_nearest_stores(world, services):
+    # more stores around the chosen pickup store than routing looks at first, none holding the SKU
+    shop = await open_store(world, "shop", FAR, capabilities=("pickup",))
+    await crowd(world, FAR, services.nodes.network.nearest)
+    depot = await open_store(world, "depot", NEAR)  # 1.7 km away: past all of them
+    lamp = await world.sku("lamp")
+    await world.stock(depot.id, lamp, 3)
+
+    order = await place(world, "dense-pickup", [(lamp, 2)], mode="pickup", pickup=shop.id)
+    assert order["status"] == "allocated", order
+    assert [(f["node_id"], f["role"]) for f in order["fulfillments"]] == [(depot.id, "transfer")]
+
+
+async def test_a_parcel_in_a_dense_area_ships_from_past_the_nearest_stores(world, services):
+    await crowd(world, DEST, services.nodes.network.nearest, capabilities=("ship",))
+    far = await open_store(world, "far", FAR, capabilities=("ship",))
+    cup = await world.sku("cup")
+    await world.stock(far.id, cup, 1)
+
+    order = await place(world, "dense-ship", [(cup, 1)], mode="ship")
+    assert order["status"] == "allocated", order
+    assert [f["node_id"] for f in order["fulfillments"]] == [far.id]
+
+
 async def test_partial_quantity_reject_and_no_return_to_a_rejecting_store(world, services):
     near = await open_store(world, "near", NEAR)
     far = await open_store(world, "far", FAR)

@@ -124,16 +124,15 @@ class NodeDirectory:
         return routing.plan(self._net(wide), request, stock, exclude, self.weights, self._extra or None)
 
     def can_widen(self, request: RouteRequest) -> bool:
-        """A one-hour order was offered only the nearest covering stores; more cover it. Counted
-        before any exclusion: a re-route that leaves out the rejecting store reads one fewer than
-        the limit, yet the list was still cut at the limit."""
-        limit = self.network.delivery_limit
-        return (request.mode is routing.Mode.DELIVERY and limit is not None
-                and len(self.network.candidates(request)) >= limit)
+        """The order was offered only the nearest nodes (covering stores for one-hour delivery,
+        ship-capable stores for a parcel, nodes around a pickup store) and more exist. Counted
+        before any exclusion: a re-route that leaves out the rejecting store reads one fewer, yet
+        the list was still cut."""
+        return len(self.network.widened().candidates(request)) > len(self.network.candidates(request))
 
     def _net(self, wide: bool) -> routing.Network:
-        # the nearest few covering stores are read first; all of them only when those cannot serve
-        return self.network.widened(None) if wide else self.network
+        # the nearest few nodes are read first; all of them only when those cannot serve
+        return self.network.widened() if wide else self.network
 
     def allocated(self, node_id: str) -> None:
         """Count a fulfilment given to the node until the next count of open picks."""

@@ -65,6 +65,22 @@ def test_pickup_candidates_start_with_the_named_store_and_stay_bounded() -> None
     assert "S042" not in net.candidates(order(Mode.PICKUP, ("A", 1), pickup_node_id="S042"), exclude=frozenset({"S042"}))
 
 
+def test_widened_offers_every_node_of_the_mode_nearest_first() -> None:
+    nodes = _city(6)
+    net = Network(nodes, nearest=10, delivery_limit=8)
+    wide = net.widened()
+    at = CENTRE
+    ship = sorted((distance_m(*at, n.lat, n.lng), n.id) for n in nodes if n.kind == NodeKind.STORE and "ship" in n.capabilities)
+    whs = sorted((distance_m(*at, n.lat, n.lng), n.id) for n in nodes if n.kind == NodeKind.WAREHOUSE)
+    assert wide.candidates(order(Mode.SHIP, ("A", 1), at=at)) == [i for _, i in whs] + [i for _, i in ship]
+    assert len(net.candidates(order(Mode.SHIP, ("A", 1), at=at))) == len(whs) + 10  # the narrow one is unchanged (shared cache)
+    named = next(n for n in nodes if n.id == "S042")
+    around = sorted((distance_m(named.lat, named.lng, n.lat, n.lng), n.id) for n in nodes if n.id != "S042")
+    assert wide.candidates(order(Mode.PICKUP, ("A", 1), pickup_node_id="S042")) == ["S042", *(i for _, i in around)]
+    assert (net.nearest, wide.nearest, wide.delivery_limit) == (10, None, None)
+    assert wide.with_loads({"S001": 3}).nearest is None  # a loaded copy stays wide
+
+
 def test_cell_cache_is_filled_once_per_cell() -> None:
     net = Network(_city(5))
     req = order(Mode.DELIVERY, ("A", 1))
