@@ -27,6 +27,7 @@ runs: the batch is one pipeline on one connection, as before.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 import time
@@ -73,8 +74,38 @@ def client(url: str, *, max_connections: int = 64, timeout: float = 10) -> aiore
         host, _, port = seed.rpartition(":")
         others.append(ClusterNode(host, int(port)))
     # a master down must not stop the others serving their slots: no full-coverage requirement
-    return RedisCluster.from_url(first, startup_nodes=others or None, max_connections=max_connections,
-                                 require_full_coverage=False)
+    return WaitingCluster.from_url(first, startup_nodes=others or None, max_connections=max_connections,
+                                   require_full_coverage=False)
+
+
+#: connections of each cluster node's pool left to the batcher's pipelines
+_KEPT_FOR_PIPELINES = 16
+_gated: contextvars.ContextVar[bool] = contextvars.ContextVar("oms_cluster_gated", default=False)
+
+
+class WaitingCluster(RedisCluster):
+    """A RedisCluster whose commands wait for a connection instead of failing.
+
+    redis-py's cluster pool raises MaxConnectionsError at once when a node's `max_connections`
+    are all in use (a single Redis's BlockingConnectionPool waits). A burst of direct commands
+    (duplicate pushes polling a claim, a pass over hundreds of nodes) would fail requests that a
+    moment later would be served. Direct commands are therefore gated to the pool size less what
+    the batcher's pipelines need; a command issued inside a gated one (redis-py's own fan-out to
+    several nodes) is not gated again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = asyncio.Semaphore(max(1, kwargs.get("max_connections", 64) - _KEPT_FOR_PIPELINES))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if _gated.get():
+            return await super().execute_command(*args, **kwargs)
+        async with self._gate:
+            token = _gated.set(True)
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                _gated.reset(token)
 
 #: node id -> the hash key holding its available units per SKU
 AvailKey = Callable[[str], str]

@@ -101,6 +101,25 @@ async def marked(redis, nodes) -> None:
     await inventory.install(redis, {n: inventory.NodeStock() for n in nodes}, inventory.new_generation())
 
 
+async def test_a_pass_over_more_nodes_than_a_connection_pool_holds_runs_every_script(cluster_redis, redis_cluster):
+    # redis-py's cluster client fails a call at once when its node's pool (64) is taken: the
+    # reconciler's full pass over hundreds of stores must not start every script at once
+    uid = secrets.token_hex(3)
+    nodes = [t for ts in _tags_per_master(cluster_redis, redis_cluster, f"p{uid}", per=100).values() for t in ts]
+    calls = [([inventory.avail_key(n)], ["x", i]) for i, n in enumerate(nodes)]
+    got = await inventory.run_scripts(cluster_redis, "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])", calls)
+    assert got == [1] * len(nodes)
+    assert [int(await cluster_redis.hget(inventory.avail_key(n), "x")) for n in nodes] == list(range(len(nodes)))
+    await asyncio.gather(*(cluster_redis.delete(inventory.avail_key(n)) for n in nodes))
+
+
+async def test_a_burst_of_direct_commands_waits_for_connections_instead_of_failing(cluster_redis):
+    # 500 duplicate pushes polling one claim at once: 500 GETs on one node, whose pool holds 64
+    key = f"claim:{{burst-{secrets.token_hex(3)}}}"
+    await cluster_redis.set(key, "o1", ex=60)
+    assert await asyncio.gather(*(cluster_redis.get(key) for _ in range(500))) == [b"o1"] * 500
+
+
 async def test_reservations_on_every_shard_in_one_turn(cluster_redis, redis_cluster):
     uid = secrets.token_hex(3)
     nodes = [ts[0] for ts in _tags_per_master(cluster_redis, redis_cluster, f"r{uid}").values()]
