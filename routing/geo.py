@@ -105,6 +105,7 @@ class _GeoIndex:
         self.cos_lat = [math.cos(x) for x in self.rad_lat]
         self.radius_list = self.radius.tolist()
         self.ship_warehouse_list = self.ship_warehouses.tolist()
+        self.ship_ids: list[str] | None = None  # Network.reach, made on first use
 
     def nearest_one_point(self, lat: float, lng: float, pool, limit: int | None,
                           slack: float | None = None) -> list["Near"]:
@@ -371,6 +372,19 @@ class Network:
             pool = np.array(sorted(near | (set(geo.warehouses) - {store_index})), dtype=np.int64)
             geo._remember(geo.pickup_cache, store_index, pool)
         return geo.nearest_first(node.lat, node.lng, pool)
+
+    def reach(self, request: RouteRequest) -> list[str]:
+        """Node ids a widened request could use, in no particular order: for a parcel or a pickup
+        without measuring a distance (every ship-capable node; every node), so a service can read
+        their stock before paying for routing over all of them."""
+        geo = self._geo
+        if request.mode == Mode.DELIVERY:
+            return self.widened().candidates(request)
+        if request.mode == Mode.SHIP:
+            if geo.ship_ids is None:
+                geo.ship_ids = [self._nodes[i].id for i in (*geo.ship_warehouse_list, *geo.ship_stores.tolist())]
+            return list(geo.ship_ids)
+        return [n.id for n in self._nodes] if request.pickup_node_id in self._index else []
 
     def candidates(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:
         """Node ids whose stock the service should read for this request, most relevant first.

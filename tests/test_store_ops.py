@@ -629,6 +629,31 @@ async def test_a_parcel_in_a_dense_area_ships_from_past_the_nearest_stores(world
     assert [f["node_id"] for f in order["fulfillments"]] == [far.id]
 
 
+async def test_a_parcel_no_node_holds_is_not_routed_over_every_node_until_one_does(world, services, monkeypatch):
+    # a flash sale's sold-out SKU: past the nearest stores, stock is read, but routing over all of
+    # them (a millisecond in a chain of hundreds) only runs when one of them holds a unit
+    await crowd(world, DEST, services.nodes.network.nearest, capabilities=("ship",))
+    far = await open_store(world, "far", FAR, capabilities=("ship",))
+    gone = await world.sku("gone")
+    wide_plans = []
+    real = services.nodes.plan
+
+    def plan(request, stock, exclude=frozenset(), *, wide=False):
+        wide_plans.append(wide)
+        return real(request, stock, exclude, wide=wide)
+    monkeypatch.setattr(services.nodes, "plan", plan)
+
+    order = await place(world, "gone-1", [(gone, 1)], mode="ship")
+    assert order["status"] == "backordered" and wide_plans == [False], (order, wide_plans)
+
+    await world.stock(far.id, gone, 2)  # the restock routes the waiting order first
+    first = await get_order(world.c, order["id"])
+    assert first["status"] == "allocated" and [f["node_id"] for f in first["fulfillments"]] == [far.id], first
+    order = await place(world, "gone-2", [(gone, 1)], mode="ship")
+    assert [f["node_id"] for f in order["fulfillments"]] == [far.id], order
+    assert wide_plans == [False, False, True, False, True]
+
+
 async def test_partial_quantity_reject_and_no_return_to_a_rejecting_store(world, services):
     near = await open_store(world, "near", NEAR)
     far = await open_store(world, "far", FAR)

@@ -123,12 +123,12 @@ class NodeDirectory:
              exclude: frozenset[str] = frozenset(), *, wide: bool = False) -> Plan:
         return routing.plan(self._net(wide), request, stock, exclude, self.weights, self._extra or None)
 
-    def can_widen(self, request: RouteRequest) -> bool:
-        """The order was offered only the nearest nodes (covering stores for one-hour delivery,
-        ship-capable stores for a parcel, nodes around a pickup store) and more exist. Counted
-        before any exclusion: a re-route that leaves out the rejecting store reads one fewer, yet
-        the list was still cut."""
-        return len(self.network.widened().candidates(request)) > len(self.network.candidates(request))
+    def beyond(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> list[str]:
+        """Nodes a widened request could use that its first candidates left out (covering stores
+        past the nearest for one-hour delivery, ship-capable stores past the nearest for a parcel,
+        nodes past those around a pickup store); [] when the first list held them all. Unordered."""
+        first = set(self.network.candidates(request))
+        return [n for n in self.network.reach(request) if n not in first and n not in exclude]
 
     def _net(self, wide: bool) -> routing.Network:
         # the nearest few nodes are read first; all of them only when those cannot serve

@@ -125,19 +125,25 @@ class Allocator:
     async def _plan(self, request: RouteRequest, exclude: frozenset[str],
                     prefetched: dict[str, dict[str, int]] | None) -> Plan:
         skus = sorted({l.sku for l in request.lines})
-        wide = False
-        while True:
-            cands = self.nodes.candidates(request, exclude, wide=wide)
-            if prefetched is not None and all(c in prefetched for c in cands):
-                stock = prefetched  # read together with the claim, microseconds ago
-            else:
-                stock = await self.inventory.available(cands, skus)
-            prefetched = None
-            plan = self.nodes.plan(request, stock, exclude, wide=wide)
-            if plan.unserved and not wide and self.nodes.can_widen(request):
-                wide = True  # the nearest stores cannot serve it all: look at every covering store
-                continue
+        cands = self.nodes.candidates(request, exclude)
+        if prefetched is not None and all(c in prefetched for c in cands):
+            stock = prefetched  # read together with the claim, microseconds ago
+        else:
+            stock = await self.inventory.available(cands, skus)
+        plan = self.nodes.plan(request, stock, exclude)
+        if not plan.unserved:
             return plan
+        # The nearest nodes cannot serve it all: read every node that could, and route over all
+        # of them only when one of those holds a missing unit. Reading costs little; routing over
+        # hundreds of nodes costs a millisecond, which a sold-out SKU's orders would all pay.
+        beyond = self.nodes.beyond(request, exclude)
+        if not beyond:
+            return plan
+        more = await self.inventory.available(beyond, skus)
+        missing = {u.sku for u in plan.unserved}
+        if not any(levels.get(s, 0) > 0 for levels in more.values() for s in missing):
+            return plan
+        return self.nodes.plan(request, {**stock, **more}, exclude, wide=True)
 
     async def release_all(self, reserved: list[Reserved]) -> None:
         for r in reserved:

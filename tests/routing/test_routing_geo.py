@@ -77,6 +77,10 @@ def test_widened_offers_every_node_of_the_mode_nearest_first() -> None:
     named = next(n for n in nodes if n.id == "S042")
     around = sorted((distance_m(named.lat, named.lng, n.lat, n.lng), n.id) for n in nodes if n.id != "S042")
     assert wide.candidates(order(Mode.PICKUP, ("A", 1), pickup_node_id="S042")) == ["S042", *(i for _, i in around)]
+    for req in (order(Mode.SHIP, ("A", 1), at=at), order(Mode.PICKUP, ("A", 1), pickup_node_id="S042"),
+                order(Mode.DELIVERY, ("A", 1), at=at)):
+        assert sorted(net.reach(req)) == sorted(wide.candidates(req)), req.mode  # the same nodes, unordered
+    assert net.reach(order(Mode.PICKUP, ("A", 1), pickup_node_id="nowhere")) == []
     assert (net.nearest, wide.nearest, wide.delivery_limit) == (10, None, None)
     assert wide.with_loads({"S001": 3}).nearest is None  # a loaded copy stays wide
 
