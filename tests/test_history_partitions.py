@@ -3,12 +3,10 @@ partition, and the migration keeps every existing row (ids and order) when it co
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 
+from dbkit import own_database
 from oms.infra import db
 
 
@@ -37,22 +35,7 @@ async def test_history_rows_land_in_their_months_partition_and_far_dates_in_the_
 
 
 async def test_the_migration_keeps_every_history_row_with_its_id(settings):
-    parts = urlsplit(settings.database_url)
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    dbname = "oms_hist_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'create database "{dbname}"')
-    await admin.close()
-    conn = await asyncpg.connect(urlunsplit(parts._replace(path="/" + dbname)))
-    try:
-        await conn.execute("create table schema_migrations (version integer primary key, name text not null,"
-                           " applied_at timestamptz not null default now())")
-        for path in sorted((db.SQL_DIR / "migrations").glob("*.sql")):
-            version = int(path.name.split("_", 1)[0])
-            if version >= 21:
-                break
-            await conn.execute(path.read_text())
-            await conn.execute("insert into schema_migrations (version, name) values ($1, $2)", version, path.name)
+    async with own_database(settings, upto=21, prefix="oms_hist_") as conn:
         await conn.execute("""insert into orders (id, channel, external_id, status, channel_status, delivery_mode,
                                   dest_lat, dest_lng) values ('o-old', 'manual', 'old-1', 'allocated', 'paid', 'ship', 31.2, 121.4)""")
         old = [datetime(2026, 3, 5, tzinfo=timezone.utc), datetime(2026, 4, 30, 23, 59, tzinfo=timezone.utc)]
@@ -67,8 +50,3 @@ async def test_the_migration_keeps_every_history_row_with_its_id(settings):
         assert await _partition_of(conn, "o-old") == {"order_history_2026_03", "order_history_2026_04"}
         new_id = await conn.fetchval("insert into order_history (order_id, to_status, cause) values ('o-old', 'cancelled', 'test') returning id")
         assert new_id > max(i for i, _ in before)
-    finally:
-        await conn.close()
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f'drop database if exists "{dbname}" with (force)')
-        await admin.close()

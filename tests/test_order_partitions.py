@@ -6,9 +6,7 @@ takes its children with it, and the ops rollups stay exact through deletes and m
 from __future__ import annotations
 
 import secrets
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -18,6 +16,7 @@ from oms.infra.db import Q
 from oms.orders.claims import claim_key
 from oms.orders.rows import HistoryRow, LineRow, NewOrderRows, OrderRow
 from oms.orders.writer import OrderWriter
+from dbkit import own_database
 from test_ops_rollups import assert_rollups_match
 
 
@@ -62,33 +61,6 @@ async def _children(conn, order_id: str) -> tuple[int, int, int, int, int]:
         "       (select count(*) from order_lines where order_id = $1),"
         "       (select count(*) from fulfillments where order_id = $1),"
         "       (select count(*) from order_history where order_id = $1)", order_id))
-
-
-@asynccontextmanager
-async def _own_database(settings, *, upto: int | None):
-    """A connection to a database of the test's own, migrated up to (not including) `upto`, or all the way."""
-    parts = urlsplit(settings.database_url)
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    dbname = "oms_orders_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'create database "{dbname}"')
-    await admin.close()
-    conn = await asyncpg.connect(urlunsplit(parts._replace(path="/" + dbname)))
-    try:
-        await conn.execute("create table schema_migrations (version integer primary key, name text not null,"
-                           " applied_at timestamptz not null default now())")
-        for path in sorted((db.SQL_DIR / "migrations").glob("*.sql")):
-            version = int(path.name.split("_", 1)[0])
-            if upto is not None and version >= upto:
-                break
-            await conn.execute(path.read_text())
-            await conn.execute("insert into schema_migrations (version, name) values ($1, $2)", version, path.name)
-        yield conn
-    finally:
-        await conn.close()
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f'drop database if exists "{dbname}" with (force)')
-        await admin.close()
 
 
 # ---- where orders land ----------------------------------------------------------------------------
@@ -259,7 +231,7 @@ async def test_an_order_moved_to_another_month_keeps_the_rollups_exact(world, se
 
 
 async def test_a_month_retired_by_detaching_it_takes_its_keys_and_children_along(settings):
-    async with _own_database(settings, upto=None) as conn:  # a database of its own: the rollups keep counting it
+    async with own_database(settings, upto=None, prefix="oms_orders_") as conn:  # a database of its own: the rollups keep counting it
         await conn.execute("create table orders_2026_03 partition of orders"
                            " for values from ('2026-03-01T00:00:00Z') to ('2026-04-01T00:00:00Z')")
         await conn.execute("with k as (insert into order_keys (id, channel, external_id) values ('o-ret', 'manual', 'ret-1'))"
@@ -280,7 +252,7 @@ async def test_a_month_retired_by_detaching_it_takes_its_keys_and_children_along
 # ---- the migration --------------------------------------------------------------------------------
 
 async def test_the_migration_moves_every_order_with_its_children_and_counts(settings):
-    async with _own_database(settings, upto=22) as conn:
+    async with own_database(settings, upto=22, prefix="oms_orders_") as conn:
         await conn.execute("insert into skus (sku) values ('S')")
         old = [datetime(2026, 3, 5, tzinfo=timezone.utc), datetime(2026, 4, 30, 23, 59, tzinfo=timezone.utc)]
         for i, at in enumerate(old):
