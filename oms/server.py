@@ -38,9 +38,11 @@ def check_port(host: str, port: int) -> None:
 def _worker(host: str, port: int, log_level: str, reuse_port: bool) -> None:
     import uvicorn
 
+    from oms.infra.http import PROTOCOL
+
     # no proxy in front by default: skip the forwarded-header middleware on every request
     config = uvicorn.Config("oms.app:create_app", factory=True, log_level=log_level, access_log=False,
-                            loop="auto", http="auto", backlog=4096, proxy_headers=False, server_header=False)
+                            loop="auto", http=PROTOCOL, backlog=4096, proxy_headers=False, server_header=False)
     server = uvicorn.Server(config)
     sockets = [_listen(host, port)] if reuse_port else None
     if sockets is None:
