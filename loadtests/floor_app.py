@@ -163,6 +163,11 @@ async def load_stock(database_url: str, redis_url: str, node: str, stock: dict[s
         await conn.execute("truncate floor_orders")
     finally:
         await conn.close()
+    await load_redis_stock(redis_url, node, stock)
+
+
+async def load_redis_stock(redis_url: str, node: str, stock: dict[str, int]) -> None:
+    """Exactly `stock` at `node` in Redis (other SKUs: none)."""
     redis = aioredis.Redis.from_url(redis_url)
     try:
         pipe = redis.pipeline()

@@ -467,7 +467,7 @@ class Bench:
         t_from = await self.pg.fetchval("select now()")
         cpu0 = cpu_seconds()
         await self.burst(rd, listings)
-        rd.cpu = cpu_split(cpu0, cpu_seconds(), self.oms.proc.pid, Path(self.env["OMS_DATA_DIR"]))
+        rd.cpu = cpu_split(cpu0, cpu_seconds(), self.oms.proc.pid, Path(self.oms.env["OMS_DATA_DIR"]))
         rd.settle_s = await self.settle()
         await asyncio.sleep(self.args.mp_poll + 0.1)  # the mini-program's last read
         await self.measure(rd, listings, t_from)
