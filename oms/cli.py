@@ -15,6 +15,17 @@ import redis
 from oms.config import Settings
 
 
+def _run_long(main):
+    """Run a long-lived process's main coroutine on uvloop where installed, as `oms serve`'s
+    workers run through uvicorn. The outbox dispatcher is woken by every write batch's NOTIFY:
+    on uvloop it costs about a quarter less CPU per order under load (compare.py)."""
+    try:
+        import uvloop
+    except ImportError:  # Windows
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 async def _with_services(fn, prepare: bool = True):
     from oms.wiring import Services
 
@@ -127,10 +138,10 @@ def cmd_channels(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from oms.channels.dispatcher import run_dispatcher
 
-        return asyncio.run(run_dispatcher())
+        return _run_long(run_dispatcher())
     from oms.channels.workers import run_channel_worker
 
-    return asyncio.run(run_channel_worker(args.channel))
+    return _run_long(run_channel_worker(args.channel))
 
 
 def cmd_simulate_sale(args: argparse.Namespace) -> int:
