@@ -199,6 +199,8 @@ def one_round(args: argparse.Namespace, only: list[str], baselines_first: bool) 
             db_url = asyncio.run(_fresh_database(pg_url, f"{app}_bench"))
             benv = dict(env, BASELINE_DATABASE_URL=db_url, BASELINE_REDIS_URL=redis_url, BASELINE_TOKEN=TOKEN,
                         BASELINE_NODE=NODE)
+            if app == "record" and args.bare_record:
+                benv["BASELINE_RECORD_BARE"] = "1"
             if app == "rowlock":
                 asyncio.run(rowlock_app.load_stock(db_url, NODE, baseline_stock))
             else:
@@ -245,6 +247,9 @@ def main() -> int:
     ap.add_argument("--no-dispatcher", action="store_true",
                     help="serve the OMS without its outbox dispatcher (OMS_DISPATCHER=0), to see its share; "
                          "a real deployment runs it, so the default measures with it")
+    ap.add_argument("--bare-record", action="store_true",
+                    help="the record floor with every trigger and foreign-key check off (BASELINE_RECORD_BARE=1): "
+                         "how much of its cost they are; for measuring only")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat everything from empty servers, the baselines first in every second round; "
                          "medians at the end (other work on a shared machine drifts within a run)")
