@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -109,28 +110,61 @@ class CopyWriter:
             self._draining = False
 
 
-def create_app() -> Litestar:
+class Recorder(Protocol):
+    """How a floor app records an order whose stock was taken (or not): returns the order's id,
+    raises when nothing was kept."""
+
+    async def record(self, order: NormalizedOrder, want: dict[str, int], taken: bool) -> str: ...
+
+
+class CopyRecorder:
+    """The floor's record: one row an order in `floor_orders`, by the turn's shared COPY."""
+
+    def __init__(self, pool: asyncpg.Pool, node: str) -> None:
+        self.writer = CopyWriter(pool)
+        self.ids = OrderIds()
+        self.node = node
+
+    async def record(self, order: NormalizedOrder, want: dict[str, int], taken: bool) -> str:
+        order_id = self.ids.next()
+        total = sum(line.quantity * line.unit_price for line in order.lines)
+        # COPY is one statement: a failure is not in doubt
+        await self.writer.write((order_id, order.channel.value, order.external_id, self.node,
+                                 "allocated" if taken else "backordered", list(want), list(want.values()), total))
+        return order_id
+
+
+@asynccontextmanager
+async def copy_recorder(settings: Settings) -> AsyncIterator[Recorder]:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=4,
+                                     server_settings={"synchronous_commit": "on"})
+    try:
+        async with pool.acquire() as conn:
+            await create_schema(conn, SCHEMA)
+        yield CopyRecorder(pool, settings.node)
+    finally:
+        await pool.close()
+
+
+def create_app(open_recorder: Callable[[Settings], AbstractAsyncContextManager[Recorder]] = copy_recorder
+               ) -> Litestar:
+    """The floor's `POST /orders`: take every line at the one node or none, record, answer."""
     settings = Settings.from_env()
-    ids = OrderIds()
     key = stock_key(settings.node)
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=4,
-                                         server_settings={"synchronous_commit": "on"})
-        async with pool.acquire() as conn:
-            await create_schema(conn, SCHEMA)
-        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=64, timeout=10))
-        state.update(writer=CopyWriter(pool), take=redis.register_script(TAKE),
-                     give_back=redis.register_script(GIVE_BACK))
-        tune_gc()
-        try:
-            yield
-        finally:
-            await redis.aclose()
-            await pool.close()
+        async with open_recorder(settings) as recorder:
+            redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=64, timeout=10))
+            state.update(recorder=recorder, take=redis.register_script(TAKE),
+                         give_back=redis.register_script(GIVE_BACK))
+            tune_gc()
+            try:
+                yield
+            finally:
+                await redis.aclose()
 
     @post("/orders", status_code=201)
     async def submit(request: Request, data: NormalizedOrder) -> Accepted:
@@ -138,17 +172,13 @@ def create_app() -> Litestar:
         want = merged_lines(data)
         args = [x for sku, qty in want.items() for x in (sku, qty)]
         taken = await state["take"](keys=[key], args=args) == 1
-        status = "allocated" if taken else "backordered"
-        order_id = ids.next()
-        total = sum(line.quantity * line.unit_price for line in data.lines)
         try:
-            await state["writer"].write((order_id, data.channel.value, data.external_id, settings.node, status,
-                                         list(want), list(want.values()), total))
+            order_id = await state["recorder"].record(data, want, taken)
         except Exception:
-            if taken:  # the write failed (not in doubt: COPY is one statement): give the units back
+            if taken:  # nothing was kept: give the units back
                 await state["give_back"](keys=[key], args=args)
             raise HTTPException(status_code=503, detail="order not recorded; retry") from None
-        return Accepted(id=order_id, status=status, node_id=settings.node)
+        return Accepted(id=order_id, status="allocated" if taken else "backordered", node_id=settings.node)
 
     return Litestar(route_handlers=[submit], lifespan=[lifespan], openapi_config=None)
 
@@ -179,19 +209,21 @@ async def load_redis_stock(redis_url: str, node: str, stock: dict[str, int]) -> 
         await redis.aclose()
 
 
-async def check(database_url: str, redis_url: str, node: str, stock: dict[str, int], external_prefix: str = "") -> dict:
-    """Units sold per SKU (from PostgreSQL) against the stock given: oversold SKUs (sold > stock),
-    whether Redis holds exactly stock − sold, units of each SKU sold, and the statuses of the
-    orders whose external id starts with external_prefix."""
+SOLD = ("select s.sku, sum(s.q)::int as units from floor_orders o, unnest(o.skus, o.quantities) as s(sku, q)"
+        " where o.status = 'allocated' and o.node_id = $1 group by s.sku")
+STATUSES = ("select status, count(*)::int as n from floor_orders where starts_with(external_id, $1)"
+            " group by status")
+
+
+async def check(database_url: str, redis_url: str, node: str, stock: dict[str, int], external_prefix: str = "",
+                *, sold_sql: str = SOLD, statuses_sql: str = STATUSES) -> dict:
+    """Units sold per SKU (from PostgreSQL, by `sold_sql`) against the stock given: oversold SKUs
+    (sold > stock), whether Redis holds exactly stock − sold, units of each SKU sold, and the
+    statuses of the orders whose external id starts with external_prefix (`statuses_sql`)."""
     conn = await asyncpg.connect(database_url)
     try:
-        sold = {r["sku"]: r["units"] for r in await conn.fetch(
-            "select s.sku, sum(s.q)::int as units from floor_orders o,"
-            " unnest(o.skus, o.quantities) as s(sku, q)"
-            " where o.status = 'allocated' and o.node_id = $1 group by s.sku", node)}
-        statuses = {r["status"]: r["n"] for r in await conn.fetch(
-            "select status, count(*)::int as n from floor_orders where starts_with(external_id, $1)"
-            " group by status", external_prefix)}
+        sold = {r["sku"]: r["units"] for r in await conn.fetch(sold_sql, node)}
+        statuses = {r["status"]: r["n"] for r in await conn.fetch(statuses_sql, external_prefix)}
     finally:
         await conn.close()
     redis = aioredis.Redis.from_url(redis_url)

@@ -29,12 +29,11 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import asyncpg
-import redis.asyncio as aioredis
-from litestar import Litestar, Request, post
-from litestar.exceptions import HTTPException
+from litestar import Litestar
 
-from baseline import Accepted, NormalizedOrder, Settings, main, merged_lines, require_token, tune_gc
-from floor_app import GIVE_BACK, TAKE, load_redis_stock, stock_key
+import floor_app
+from baseline import NormalizedOrder, Settings, main
+from floor_app import load_redis_stock
 from oms.infra import db
 from oms.infra.ids import new_id
 from oms.network.promise import PromiseClock
@@ -63,49 +62,38 @@ def decision(order: NormalizedOrder, want: dict[str, int], node: str, taken: boo
                      promised_by=clock.promised_by(order.promised_by, now, order.delivery_mode))
 
 
-def create_app() -> Litestar:
-    settings = Settings.from_env()
-    key = stock_key(settings.node)
-    clock = PromiseClock()
-    state: dict = {}
+class OmsRecorder:
+    """The OMS's record of an order, by the OMS's own rows and group commit."""
 
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # the OMS's writer pool: generic plan for the one big statement, no reset on release
-        server = {"plan_cache_mode": "force_generic_plan", "application_name": "record-writer"}
-        if os.environ.get("BASELINE_RECORD_BARE") == "1":
-            server["session_replication_role"] = "replica"
-        pool = await db.create_pool(settings.database_url, 3, server_settings=server, reset_on_release=False)
-        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=64, timeout=10))
-        state.update(writer=OrderWriter(pool, max_batch=MAX_BATCH, gather_s=GATHER_S),
-                     take=redis.register_script(TAKE), give_back=redis.register_script(GIVE_BACK))
-        tune_gc()
-        try:
-            yield
-        finally:
-            await redis.aclose()
-            await pool.close()
+    def __init__(self, writer: OrderWriter, node: str) -> None:
+        self.writer = writer
+        self.node = node
+        self.clock = PromiseClock()
 
-    @post("/orders", status_code=201)
-    async def submit(request: Request, data: NormalizedOrder) -> Accepted:
-        require_token(request, settings.token)
-        want = merged_lines(data)
-        args = [x for sku, qty in want.items() for x in (sku, qty)]
-        taken = await state["take"](keys=[key], args=args) == 1
+    async def record(self, order: NormalizedOrder, want: dict[str, int], taken: bool) -> str:
         now = datetime.now(timezone.utc)
         order_id = new_id("o")
-        rows = _new_order_rows(data, order_id, decision(data, want, settings.node, taken, now, clock),
-                               "api:POST /orders", now)
-        try:
-            await state["writer"].write(rows)
-        except Exception:
-            if taken:  # nothing of a failed batch was kept (an in-doubt write is not told apart here)
-                await state["give_back"](keys=[key], args=args)
-            raise HTTPException(status_code=503, detail="order not recorded; retry") from None
-        return Accepted(id=order_id, status="allocated" if taken else "backordered", node_id=settings.node)
+        # an in-doubt write is not told apart here: the floor gives the units back on any failure
+        await self.writer.write(_new_order_rows(order, order_id, decision(order, want, self.node, taken, now,
+                                                                          self.clock), "api:POST /orders", now))
+        return order_id
 
-    return Litestar(route_handlers=[submit], lifespan=[lifespan], openapi_config=None)
+
+@asynccontextmanager
+async def oms_recorder(settings: Settings) -> AsyncIterator[OmsRecorder]:
+    # the OMS's writer pool: generic plan for the one big statement, no reset on release
+    server = {"plan_cache_mode": "force_generic_plan", "application_name": "record-writer"}
+    if os.environ.get("BASELINE_RECORD_BARE") == "1":
+        server["session_replication_role"] = "replica"
+    pool = await db.create_pool(settings.database_url, 3, server_settings=server, reset_on_release=False)
+    try:
+        yield OmsRecorder(OrderWriter(pool, max_batch=MAX_BATCH, gather_s=GATHER_S), settings.node)
+    finally:
+        await pool.close()
+
+
+def create_app() -> Litestar:
+    return floor_app.create_app(oms_recorder)
 
 
 # --- set-up and checks for the harness ------------------------------------------------------
@@ -130,26 +118,11 @@ async def load_stock(database_url: str, redis_url: str, node: str, stock: dict[s
 
 
 async def check(database_url: str, redis_url: str, node: str, stock: dict[str, int], external_prefix: str = "") -> dict:
-    """As floor_app.check, from the record: units reserved per SKU at the node against the stock
-    given, whether Redis holds exactly stock − reserved, and the statuses of the orders whose
-    external id starts with external_prefix."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        sold = {r["sku"]: r["units"] for r in await conn.fetch(
-            "select sku, sum(quantity)::int as units from reservations where node_id = $1 group by sku", node)}
-        statuses = {r["status"]: r["n"] for r in await conn.fetch(
-            "select status, count(*)::int as n from orders where starts_with(external_id, $1) group by status",
-            external_prefix)}
-    finally:
-        await conn.close()
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        left = {k.decode(): int(v) for k, v in (await redis.hgetall(stock_key(node))).items()}
-    finally:
-        await redis.aclose()
-    oversold = sorted(sku for sku, units in sold.items() if units > stock.get(sku, 0))
-    in_step = all(left.get(sku, 0) == units - sold.get(sku, 0) for sku, units in stock.items())
-    return {"oversold": oversold, "in_step": in_step, "statuses": statuses, "sold": sold}
+    """floor_app.check on the record: units sold are the units reserved at the node."""
+    return await floor_app.check(
+        database_url, redis_url, node, stock, external_prefix,
+        sold_sql="select sku, sum(quantity)::int as units from reservations where node_id = $1 group by sku",
+        statuses_sql="select status, count(*)::int as n from orders where starts_with(external_id, $1) group by status")
 
 
 if __name__ == "__main__":
